@@ -1,0 +1,137 @@
+"""`qwen-edge export`: source -> artifact folder, written to a temporary folder and renamed on success."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from .. import artifact as A
+from ..errors import QwenEdgeError
+from ..sources import Source, dumps, open_source
+from .decoder import LinearFn, build_decoder
+from .genai_config import genai_config
+from .graph import Graph
+
+DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+def context_limit(spec) -> int:
+    r = spec.rope
+    if r.type == "yarn":
+        return int(r.factor * r.original_max_position_embeddings)
+    return spec.max_position_embeddings
+
+
+def check_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise QwenEdgeError(f"output {out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise QwenEdgeError(f"output {out} exists and is not a folder")
+
+
+class staged_folder:
+    """Context manager: a temp folder beside `out`, renamed to `out` only if the block succeeds."""
+
+    def __init__(self, out: Path, force: bool):
+        self.out, self.force = out, force
+        self.tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        check_output(self.out, self.force)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir()
+        except OSError as e:
+            raise QwenEdgeError(f"cannot write to {self.out.parent}: {e.strerror or e}") from None
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.out.exists():  # --force: swap in the new folder, then drop the old one
+            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> tuple[Callable[[int], None], Callable[[], None]]:
+    if not enabled:
+        return (lambda i: None), (lambda: None)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return (lambda i: None), (lambda: None)
+    bar = tqdm(total=total, desc=desc, unit="layer", file=sys.stderr, leave=False)
+    return (lambda i: bar.update(1)), bar.close
+
+
+def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: int | None = None,
+                   force: bool = False, linear: LinearFn | None = None, quantization: dict | None = None,
+                   progress: bool = True, extra_files: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Build the graph from `src` into a complete artifact folder at `out`; returns the manifest."""
+    if dtype not in DTYPES:
+        raise QwenEdgeError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+    spec = src.spec
+    limit = context_limit(spec)
+    max_length = limit if max_length is None else int(max_length)
+    if not 1 <= max_length <= limit:
+        raise QwenEdgeError(f"--max-length {max_length} is outside 1..{limit} (the model's context)")
+    t0 = time.perf_counter()
+    with staged_folder(out, force) as tmp:
+        g = Graph(tmp / A.MODEL_DATA)
+        step, close = _progress(spec.num_layers, f"export {dtype}", progress)
+        try:
+            build_decoder(g, spec, src.weights, dtype=DTYPES[dtype], max_length=max_length, linear=linear,
+                          progress=step)
+        finally:
+            close()
+            g.abort()
+        g.save(tmp / A.MODEL, f"{spec.model_type}-decoder", overridable=["logits_to_keep"],
+               metadata={"qwen_edge.version": __version__})
+        src.write_tokenizer(tmp)
+        gen = dict(src.generation_config)
+        eos = gen.get("eos_token_id", [])
+        gen["eos_token_id"] = eos if isinstance(eos, list) else [eos]
+        (tmp / A.GENERATION).write_text(dumps(gen))
+        (tmp / A.GENAI).write_text(dumps(genai_config(spec, gen, max_length)))
+        if extra_files is not None:
+            extra_files(tmp)
+        files = {p.name: A.sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = {
+            "format": A.FORMAT, "format_version": A.FORMAT_VERSION, "tool": f"qwen-edge {__version__}",
+            "source": src.origin, "model": spec.to_dict(), "dtype": dtype, "max_length": max_length,
+            "quantization": quantization,
+            "graph": {"inputs": ["input_ids", "attention_mask", "past_key_values.N.key", "past_key_values.N.value",
+                                 "logits_to_keep (optional, default 0 = all positions)"],
+                      "outputs": ["logits", "present.N.key", "present.N.value"],
+                      "kv_cache": "shared past/present buffer of max_length (GroupQueryAttention)"},
+            "files": files,
+        }
+        (tmp / A.MANIFEST).write_text(dumps(manifest))
+    manifest["export_seconds"] = round(time.perf_counter() - t0, 2)
+    return manifest
+
+
+def export(source: str, out: str | Path, *, dtype: str = "fp32", max_length: int | None = None,
+           force: bool = False, revision: str | None = None, progress: bool = True) -> dict[str, Any]:
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise QwenEdgeError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+    check_output(out, force)  # fail before any slow download or load
+    src = open_source(source, revision=revision)
+    if src.quantization:
+        raise QwenEdgeError(f"{source} is a {src.quantization.get('quant_method', 'quantized')} checkpoint; "
+                            "importing quantized checkpoints is not supported yet")
+    return write_artifact(src, out, dtype=dtype, max_length=max_length, force=force, progress=progress)

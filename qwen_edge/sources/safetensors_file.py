@@ -1,0 +1,76 @@
+"""A lazy, numpy-only safetensors reader.
+
+Reads the JSON header, validates it against the file size and memory-maps tensors one at a time, so a
+7B checkpoint never sits in memory whole. bf16 is widened to fp32 by bit shifting (numpy has no bf16).
+Never unpickles anything: safetensors is data only.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import QwenEdgeError
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "I64": np.int64,
+           "I8": np.int8, "U8": np.uint8, "I16": np.int16, "F64": np.float64}
+
+
+class SafetensorsFile:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        bad = f"corrupt safetensors file {self.path.name}"
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise QwenEdgeError(f"{bad}: shorter than its header")
+            (n,) = struct.unpack("<Q", head)
+            if n <= 0 or 8 + n > size:
+                raise QwenEdgeError(f"{bad}: header length {n} does not fit in {size} bytes")
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise QwenEdgeError(f"{bad}: header is not valid JSON") from None
+        if not isinstance(header, dict):
+            raise QwenEdgeError(f"{bad}: header is not a JSON object")
+        header.pop("__metadata__", None)
+        self._base = 8 + n
+        self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, e in header.items():
+            try:
+                dtype, shape, (start, end) = e["dtype"], tuple(int(s) for s in e["shape"]), e["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise QwenEdgeError(f"{bad}: bad entry for tensor {name!r}") from None
+            if dtype not in _DTYPES:
+                raise QwenEdgeError(f"{self.path.name}: tensor {name!r} has unsupported dtype {dtype}")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
+            if end - start != nbytes or start < 0 or self._base + end > size:
+                raise QwenEdgeError(f"{bad}: tensor {name!r} lies outside the file or has the wrong size")
+            self._entries[name] = (dtype, shape, start, end)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name][1]
+
+    def raw(self, name: str) -> np.ndarray:
+        """The stored array without conversion (memory-mapped)."""
+        dtype, shape, start, end = self._entries[name]
+        arr = np.memmap(self.path, dtype=_DTYPES[dtype], mode="r", offset=self._base + start,
+                        shape=shape if shape else (1,))
+        return arr.reshape(shape)
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor as float32 if it is a float type, else as stored; a fresh in-memory array."""
+        dtype = self._entries[name][0]
+        arr = self.raw(name)
+        if dtype == "BF16":
+            return (arr.astype(np.uint32) << 16).view(np.float32)
+        if dtype in ("F16", "F64"):
+            return arr.astype(np.float32)
+        return np.array(arr)
