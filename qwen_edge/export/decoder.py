@@ -121,7 +121,8 @@ def build_decoder(g: Graph, spec: ModelSpec, weights: Weights, *, dtype: type = 
         attn = f"{a}/attn_out"
         g.output(f"present.{i}.key", T, present_shape)
         g.output(f"present.{i}.value", T, present_shape)
-        o = linear(g, attn, f"{a}.o_proj", weights.get(f"{a}.o_proj.weight"), None)
+        o_bias = weights.get(f"{a}.o_proj.bias") if f"{a}.o_proj.bias" in weights else None  # Qwen3 attention_bias
+        o = linear(g, attn, f"{a}.o_proj", weights.get(f"{a}.o_proj.weight"), o_bias)
 
         normed, residual = skip_norm(o, residual, f"{p}.post_attention_layernorm.weight", f"{p}/post_attention_norm")
         m = f"{p}.mlp"

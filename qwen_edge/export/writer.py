@@ -25,8 +25,8 @@ DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
 def context_limit(spec) -> int:
     r = spec.rope
-    if r.type == "yarn":
-        return int(r.factor * r.original_max_position_embeddings)
+    if r.type == "yarn":  # Qwen2.5 keeps max_position_embeddings at 32k and adds YaRN x4 for 128k
+        return max(spec.max_position_embeddings, int(r.factor * r.original_max_position_embeddings))
     return spec.max_position_embeddings
 
 
@@ -84,6 +84,9 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
     if dtype not in DTYPES:
         raise QwenEdgeError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
     spec = src.spec
+    if spec.head_dim % 16:
+        raise QwenEdgeError(f"head_dim {spec.head_dim} is not supported: onnxruntime's GroupQueryAttention "
+                            "needs a multiple of 16 (every released Qwen model uses 64 or 128)")
     limit = context_limit(spec)
     max_length = limit if max_length is None else int(max_length)
     if not 1 <= max_length <= limit:

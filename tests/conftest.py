@@ -1,0 +1,34 @@
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def example_gguf() -> Path:
+    """The real Qwen2.5-Coder-0.5B-Instruct GGUF (downloaded once, sha256-checked, cached)."""
+    from qwen_edge.assets import example_gguf as fetch
+    return fetch()
+
+
+@pytest.fixture(scope="session")
+def real_fp32(example_gguf, tmp_path_factory) -> Path:
+    """The real model exported to fp32 once per test session."""
+    from qwen_edge.export.writer import export
+    out = tmp_path_factory.mktemp("real") / "fp32"
+    export(str(example_gguf), out, max_length=4096, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_hf(example_gguf):
+    """transformers' fp32 model dequantized from the same GGUF: the reference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(2)
+    return AutoModelForCausalLM.from_pretrained(str(example_gguf.parent), gguf_file=example_gguf.name,
+                                                dtype=torch.float32).eval()
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "qwen_edge.json").read_text())
