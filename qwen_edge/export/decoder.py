@@ -37,9 +37,9 @@ LinearFn = Callable[[Graph, str, str, np.ndarray, "np.ndarray | None"], str]
 
 def float_linear(dtype: type) -> LinearFn:
     def linear(g: Graph, x: str, name: str, w: np.ndarray, b: np.ndarray | None) -> str:
-        y = g.op("MatMul", [x, g.weight(f"{name}.weight_t", w.T.astype(dtype))], f"{name}/MatMul")
+        y = g.op("MatMul", [x, g.weight(f"{name}.weight_t", w.T.astype(dtype, copy=False))], f"{name}/MatMul")
         if b is not None:
-            y = g.op("Add", [y, g.weight(f"{name}.bias", b.astype(dtype))], f"{name}/Add")
+            y = g.op("Add", [y, g.weight(f"{name}.bias", b.astype(dtype, copy=False))], f"{name}/Add")
         return y
     return linear
 
@@ -64,23 +64,23 @@ def build_decoder(g: Graph, spec: ModelSpec, weights: Weights, *, dtype: type = 
     total_len = g.op("Cast", [total], "total/Cast", to=TensorProto.INT32)
 
     cos, sin = cos_sin_cache(spec, max_length)
-    cos_cache, sin_cache = g.weight("cos_cache", cos.astype(dtype)), g.weight("sin_cache", sin.astype(dtype))
+    cos_cache, sin_cache = g.weight("cos_cache", cos.astype(dtype, copy=False)), g.weight("sin_cache", sin.astype(dtype, copy=False))
 
     embed = weights.get("model.embed_tokens.weight")
-    embed_name = g.weight("model.embed_tokens.weight", embed.astype(dtype))
+    embed_name = g.weight("model.embed_tokens.weight", embed.astype(dtype, copy=False))
     del embed
     hidden = g.op("Gather", [embed_name, input_ids], "embed/Gather")
     eps = float(s.rms_norm_eps)
 
     def skip_norm(x: str, residual: str, w_name: str, name: str) -> tuple[str, str]:
-        out = g.op("SkipSimplifiedLayerNormalization", [x, residual, g.weight(w_name, weights.get(w_name).astype(dtype))],
+        out = g.op("SkipSimplifiedLayerNormalization", [x, residual, g.weight(w_name, weights.get(w_name).astype(dtype, copy=False))],
                    name, n_out=4, domain="com.microsoft", epsilon=eps)
         g.nodes[-1].output[1] = g.nodes[-1].output[2] = ""  # mean / inv_std_var are not needed
         return out[0], out[3]
 
     def head_norm(x: str, heads: int, w_name: str, name: str) -> str:
         x4 = g.op("Reshape", [x, g.const([0, 0, heads, s.head_dim], "heads_shape", np.int64)], f"{name}/Reshape")
-        n = g.op("SimplifiedLayerNormalization", [x4, g.weight(w_name, weights.get(w_name).astype(dtype))],
+        n = g.op("SimplifiedLayerNormalization", [x4, g.weight(w_name, weights.get(w_name).astype(dtype, copy=False))],
                  f"{name}/Norm", axis=-1, epsilon=eps, stash_type=1)
         return g.op("Reshape", [n, g.const([0, 0, heads * s.head_dim], "flat_shape", np.int64)], f"{name}/Flatten")
 
@@ -90,7 +90,7 @@ def build_decoder(g: Graph, spec: ModelSpec, weights: Weights, *, dtype: type = 
         p = f"model.layers.{i}"
         if pending is None:
             w = f"{p}.input_layernorm.weight"
-            normed = g.op("SimplifiedLayerNormalization", [hidden, g.weight(w, weights.get(w).astype(dtype))],
+            normed = g.op("SimplifiedLayerNormalization", [hidden, g.weight(w, weights.get(w).astype(dtype, copy=False))],
                           f"{p}/input_norm", axis=-1, epsilon=eps, stash_type=1)
         else:
             normed, residual = skip_norm(pending, residual, f"{p}.input_layernorm.weight", f"{p}/input_norm")
@@ -145,7 +145,7 @@ def build_decoder(g: Graph, spec: ModelSpec, weights: Weights, *, dtype: type = 
                             g.const([1], "axis1", np.int64)], "keep/Slice")
 
     # The LM head reads a [vocab, hidden] matrix; a tied model points it at the embedding, stored once.
-    head = embed_name if s.tie_word_embeddings else g.weight("lm_head.weight", weights.get("lm_head.weight").astype(dtype))
+    head = embed_name if s.tie_word_embeddings else g.weight("lm_head.weight", weights.get("lm_head.weight").astype(dtype, copy=False))
     flat = g.op("Reshape", [normed, g.const([-1, s.hidden_size], "flat_hidden", np.int64)], "lm_head/Flatten")
     logits2d = g.op("Gemm", [flat, head], "lm_head/Gemm", transB=1)
     if dtype != np.float32:
