@@ -126,8 +126,16 @@ class GGUFSource:
         except KeyError:
             raise QwenEdgeError(f"{self.path.name} is missing tensor for {name!r}") from None
         # numpy shape is the reverse of GGUF's ne order, i.e. already [out, in] like PyTorch.
-        out = dequantize(t.data, t.tensor_type)
-        return np.ascontiguousarray(out, dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
+        shape = [int(d) for d in reversed(t.shape)]
+        rows = t.data.reshape(shape[0], -1) if len(shape) > 1 else t.data.reshape(1, -1)
+        out = np.empty((rows.shape[0], int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else shape[0]),
+                       dtype=np.float32)
+        # Dequantize in row blocks: the library's temporaries are several times the block, so a whole
+        # embedding matrix at once would need a few extra copies of it.
+        step = max(1, (1 << 24) // max(1, out.shape[1]))
+        for r in range(0, rows.shape[0], step):
+            out[r:r + step] = dequantize(np.asarray(rows[r:r + step]), t.tensor_type).reshape(-1, out.shape[1])
+        return out.reshape(shape)
 
     # --- tokenizer and generation defaults --------------------------------------------------------
     def generation_config(self) -> dict:
