@@ -69,8 +69,12 @@ class SafetensorsFile:
         """The tensor as float32 if it is a float type, else as stored; a fresh in-memory array."""
         dtype = self._entries[name][0]
         arr = self.raw(name)
-        if dtype == "BF16":
-            return (arr.astype(np.uint32) << 16).view(np.float32)
+        if dtype == "BF16":  # widen in place in one fp32 buffer: no uint32 temporary of the same size
+            out = np.empty(arr.shape, dtype=np.float32)
+            bits = out.view(np.uint32)
+            bits[...] = arr
+            bits <<= 16
+            return out
         if dtype in ("F16", "F64"):
             return arr.astype(np.float32)
         return np.array(arr)
