@@ -48,6 +48,50 @@ def export(
                              f"to {output}: {size / 1e6:.0f} MB in {m['export_seconds']:.1f} s"])
 
 
+@app.command("eval")
+def eval_(
+    models: list[str] = typer.Argument(..., help="artifact folder(s) to evaluate"),
+    dataset: Optional[str] = typer.Option(None, help="enwiki (default), wikitext2, a text file or a folder of text files"),
+    ctx: Optional[int] = typer.Option(None, help="window length in tokens (default 512, or the model's max_length if shorter)"),
+    stride: Optional[int] = typer.Option(None, help="tokens between window starts (default: --ctx)"),
+    max_tokens: Optional[int] = typer.Option(None, help="evaluate the first N tokens (default 32768; 0 = all)"),
+    reference: Optional[str] = typer.Option(None, help="reference: an artifact folder or a --save-reference file"),
+    save_reference: Optional[Path] = typer.Option(None, help="write the model's compact reference logits here"),
+    top_k: int = typer.Option(32, help="top-k log-probs kept per token in a reference"),
+    gate: list[str] = typer.Option([], "--gate", help="METRIC OP NUMBER[%], e.g. kl_mean<=0.05 (repeatable)"),
+    baseline: Optional[Path] = typer.Option(None, help="baseline JSON for the *_vs_baseline gates"),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="rewrite --baseline when all gates hold"),
+    report: Optional[Path] = typer.Option(None, help="write the JSON report here"),
+    junit: Optional[Path] = typer.Option(None, help="write a JUnit XML report here (one test case per gate)"),
+    markdown: Optional[Path] = typer.Option(None, help="write a Markdown report here"),
+    plot: Optional[Path] = typer.Option(None, help="write a PNG of perplexity (or KL) against size on disk"),
+    threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = all cores)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
+) -> None:
+    """Perplexity, KL divergence and top-1 agreement with CI gates. Exit 0: gates hold, 1: a gate fails, 2: bad input."""
+    from .eval import reports
+    from .eval.run import EvalConfig, evaluate
+    if plot is not None:
+        from .eval.plot import require
+        require()
+    if update_baseline and baseline is None:
+        raise QwenEdgeError("--update-baseline needs --baseline FILE")
+    rep = evaluate(EvalConfig(models=models, dataset=dataset, ctx=ctx, stride=stride, max_tokens=max_tokens,
+                              reference=reference, save_reference=str(save_reference) if save_reference else None,
+                              top_k=top_k, gates=gate, baseline=str(baseline) if baseline else None,
+                              update_baseline=update_baseline, progress=progress, threads=threads))
+    for path, write in ((report, reports.write_json), (junit, reports.write_junit), (markdown, reports.write_markdown)):
+        if path is not None:
+            write(rep, path)
+    if plot is not None:
+        from .eval.plot import plot as draw
+        draw(rep, plot)
+    _emit(rep, as_json, reports.summary_lines(rep))
+    if not rep["passed"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()
