@@ -92,6 +92,77 @@ def eval_(
         raise typer.Exit(1)
 
 
+def _unescape(s: str) -> str:
+    """Backslash escapes a shell leaves as typed: \\n \\t \\r \\\\ (so --stop "\\n\\n" means two newlines)."""
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 1 < len(s) and s[i + 1] in "ntr\\":
+            out.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[s[i + 1]])
+            i += 2
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+@app.command("run")
+def run_(
+    model: Path = typer.Argument(..., help="artifact folder"),
+    prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="the prompt ('-' reads it from stdin)"),
+    chat: bool = typer.Option(False, "--chat", help="interactive multi-turn chat: one message per stdin line"),
+    system: Optional[str] = typer.Option(None, help="system message"),
+    raw: bool = typer.Option(False, "--raw", help="send -p as raw text, without the chat template"),
+    max_new_tokens: int = typer.Option(512, help="most tokens to generate (per turn)"),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy (default: the model's)"),
+    top_k: Optional[int] = typer.Option(None, help="keep the k most likely tokens (0 = off)"),
+    top_p: Optional[float] = typer.Option(None, help="nucleus sampling mass in (0, 1]"),
+    min_p: Optional[float] = typer.Option(None, help="drop tokens below min_p x the top probability"),
+    repetition_penalty: Optional[float] = typer.Option(None, help="> 1 discourages repeats (1 = off)"),
+    seed: Optional[int] = typer.Option(None, help="random seed: the same seed gives the same output"),
+    stop: list[str] = typer.Option([], "--stop", help="stop string, \\n and \\t escapes understood (repeatable)"),
+    threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = all cores)"),
+    provider: str = typer.Option("cpu", help="execution provider: cpu, cuda, ... or an onnxruntime name"),
+    max_length: Optional[int] = typer.Option(None, help="context length to allocate (default: the export's)"),
+    truncate: bool = typer.Option(False, "--truncate", help="drop the oldest tokens of a prompt that is too long"),
+    stats: bool = typer.Option(False, "--stats", help="print timings to stderr"),
+    as_json: bool = typer.Option(False, "--json", help="print {text, tokens, finish_reason, timings} as JSON"),
+) -> None:
+    """Generate text, streamed as it comes, or chat (--chat) reading messages from stdin."""
+    from .runtimes.cli_run import run_chat, run_prompt
+    if prompt is None and not chat:
+        raise QwenEdgeError("give a prompt with -p TEXT (or -p - to read stdin), or use --chat")
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                   repetition_penalty=repetition_penalty, seed=seed, stop=[_unescape(s) for s in stop] or None,
+                   truncate=truncate)
+    load = dict(threads=threads, provider=provider, max_length=max_length)
+    if chat:
+        run_chat(model, load, options, system=system, first=prompt, as_json=as_json, stats=stats)
+    else:
+        run_prompt(model, load, options, prompt=prompt, system=system, raw=raw, as_json=as_json, stats=stats)
+
+
+@app.command("bench")
+def bench_(
+    model: Path = typer.Argument(..., help="artifact folder"),
+    prompt_tokens: int = typer.Option(512, help="prompt length in tokens"),
+    new_tokens: int = typer.Option(128, help="tokens to generate per run"),
+    runs: int = typer.Option(5, help="timed runs (medians are reported)"),
+    warmup: int = typer.Option(1, help="untimed runs first"),
+    threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = all cores)"),
+    provider: str = typer.Option("cpu", help="execution provider"),
+    prefill_chunk: int = typer.Option(256, help="prompt tokens per forward pass"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
+) -> None:
+    """Time to first token, prefill and decode tokens/s, peak RSS and size on disk."""
+    from .runtimes.bench import bench, summary_lines
+    r = bench(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup,
+              threads=threads, provider=provider, prefill_chunk=prefill_chunk,
+              progress=lambda i, n: print(f"\rrun {i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True))
+    _emit(r, as_json, summary_lines(r))
+
+
 def main() -> None:
     try:
         app()

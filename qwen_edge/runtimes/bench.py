@@ -1,0 +1,131 @@
+"""`qwen-edge bench`: time to first token, prefill and decode tokens/s (medians), peak RSS, size on disk.
+
+Greedy, a fixed English prompt cut to exactly `prompt_tokens`, `new_tokens` decode steps (end tokens
+ignored), a fresh cache each run. Also the split of a decode step: onnxruntime vs. our own overhead.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import QwenEdgeError
+
+_TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+         "movable metal type, oil-based inks and a screw press adapted from wine making. Within a few decades "
+         "print shops had spread to more than two hundred cities across Europe, and the price of books fell so "
+         "far that reading became common among merchants and craftsmen. Scholars could now compare identical "
+         "copies of a text, which changed how knowledge was checked, corrected and shared. ")
+
+
+def bench_prompt(tokenizer: Any, n: int) -> list[int]:
+    """Exactly n token ids of ordinary English text (repeated as needed)."""
+    one = tokenizer.encode(_TEXT, add_special_tokens=False).ids
+    return (one * (n // len(one) + 1))[:n]
+
+
+def peak_rss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)  # Linux reports KiB
+
+
+def _int(name: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise QwenEdgeError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def bench(folder: str | Path, *, prompt_tokens: int = 512, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
+          threads: int = 0, provider: str = "cpu", arena: bool = True, spin: bool = True,
+          prefill_chunk: int = 256, progress: Any = None) -> dict[str, Any]:
+    from .model import Model
+    _int("prompt_tokens", prompt_tokens, 1)
+    _int("new_tokens", new_tokens, 2)
+    _int("runs", runs, 1)
+    _int("warmup", warmup, 0)
+    t = time.perf_counter()
+    model = Model.load(folder, threads=threads, provider=provider, arena=arena, spin=spin,
+                       prefill_chunk=prefill_chunk)
+    load_s = time.perf_counter() - t
+    if prompt_tokens + new_tokens > model.max_length:
+        raise QwenEdgeError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
+                            f"context ({model.max_length})")
+    ids = bench_prompt(model.tokenizer, prompt_tokens)
+    rows = []
+    for i in range(warmup + runs):
+        r = model.complete(ids, max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True).timings
+        if i >= warmup:
+            rows.append(r)
+        if progress:
+            progress(i + 1, warmup + runs)
+    steps = new_tokens - 1
+
+    def med(f: Any) -> float:
+        return float(statistics.median(f(r) for r in rows))
+
+    decode_run = med(lambda r: r.run_s / steps)
+    sample = med(lambda r: r.sample_s / steps)
+    detok = med(lambda r: r.detok_s / steps)
+    per_token = med(lambda r: r.decode_s / steps)
+    return {
+        "folder": str(folder), "dtype": model.manifest.get("dtype"),
+        "quantization": model.manifest.get("quantization"),
+        "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "runs": runs, "warmup": warmup,
+        "threads": threads, "provider": model.session_config.provider, "prefill_chunk": prefill_chunk,
+        "load_s": load_s,
+        "ttft_s": med(lambda r: r.ttft_s),
+        "prefill_tps": med(lambda r: r.prefill_tps),
+        "decode_tps": med(lambda r: r.decode_tps),
+        "decode_step_ms": {"total": per_token * 1e3, "onnxruntime": decode_run * 1e3, "sampling": sample * 1e3,
+                           "detokenize": detok * 1e3,
+                           "other": max(0.0, per_token - decode_run - sample - detok) * 1e3},
+        "peak_rss_bytes": peak_rss_bytes(),
+        "size_bytes": model.size_bytes,
+        "kv_cache_bytes": model.kv_cache_bytes,
+        "machine": {"cpu": _cpu_name(), "cores": _cores(), "python": platform.python_version(),
+                    "onnxruntime": _ort_version()},
+    }
+
+
+def summary_lines(r: dict[str, Any]) -> list[str]:
+    s = r["decode_step_ms"]
+    return [
+        f"{r['folder']} ({r['dtype']}), {r['prompt_tokens']} prompt + {r['new_tokens']} new tokens, "
+        f"median of {r['runs']} runs",
+        f"  time to first token  {r['ttft_s'] * 1e3:8.0f} ms",
+        f"  prefill              {r['prefill_tps']:8.1f} tokens/s",
+        f"  decode               {r['decode_tps']:8.1f} tokens/s",
+        f"  decode step          {s['total']:8.2f} ms = onnxruntime {s['onnxruntime']:.2f} + sampling "
+        f"{s['sampling']:.3f} + detokenize {s['detokenize']:.3f} + other {s['other']:.3f}",
+        f"  peak RSS             {r['peak_rss_bytes'] / 2**20:8.0f} MiB",
+        f"  size on disk         {r['size_bytes'] / 2**20:8.0f} MiB",
+        f"  load                 {r['load_s']:8.2f} s",
+    ]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cores() -> int:
+    import os
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _ort_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__

@@ -1,0 +1,114 @@
+"""Multi-turn chat that keeps the KV cache between turns.
+
+The cache holds the conversation so far, the assistant's reply and its end token included. A new
+turn renders the whole conversation with the chat template; when that text extends what the cache
+holds (the usual case), only the new text is tokenized and prefilled. Otherwise (a reply cut by a
+stop string, a template that rewrites history, an edited `messages`) the cache is rewound to the
+longest common token prefix, which is free with an in-place cache.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import QwenEdgeError
+from .generate import Result, TextStream, check_max_new_tokens
+from .sampler import Sampler
+
+_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
+_OPTIONS = ("max_new_tokens", "stop", "truncate", "ignore_eos") + _SAMPLING
+
+
+class Chat:
+    """chat = model.chat(system="You are terse."); for piece in chat.send("Hi"): ...; chat.say("More?")"""
+
+    def __init__(self, model: Any, system: str | None = None, **defaults: Any):
+        _check_options(defaults)
+        self.model = model
+        self.defaults = defaults
+        self.messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system is not None else []
+        self.runner = model.new_runner()  # this chat's own cache, for its lifetime
+        self.last: Result | None = None  # the last turn's result
+        self._busy = False
+
+    @property
+    def tokens(self) -> list[int]:
+        """The conversation's ids so far (in the cache, plus the last reply's end token)."""
+        return self.runner.history.tolist()
+
+    def reset(self, system: str | None = None) -> None:
+        self.messages = [{"role": "system", "content": system}] if system is not None else []
+        self.runner.reset()
+
+    def say(self, content: str, **options: Any) -> str:
+        """Send a user message and return the whole reply."""
+        s = self.send(content, **options)
+        return s.read()
+
+    def send(self, content: str, **options: Any) -> TextStream:
+        """Send a user message; iterate the returned stream for the reply (added to `messages` when done)."""
+        if self._busy:
+            raise QwenEdgeError("the previous reply is still streaming: finish or close it first")
+        if not isinstance(content, str):
+            raise QwenEdgeError(f"a chat message is a string, got {type(content).__name__}")
+        _check_options(options)
+        t0 = time.perf_counter()
+        opts = {**self.defaults, **options}
+        max_new = check_max_new_tokens(opts.get("max_new_tokens", 512))
+        params = self.model.sampling(**{k: opts.get(k) for k in _SAMPLING})
+        messages, keep, new = self._fit(self.messages + [{"role": "user", "content": content}], max_new,
+                                        bool(opts.get("truncate")))
+        self.runner.truncate(keep)
+        self.runner.append(new)
+
+        def done(stream: TextStream) -> None:
+            self._busy = False
+            self.last = stream.result
+            self.messages = messages + [{"role": "assistant", "content": stream.result.text}]
+
+        stream = TextStream(self.runner, Sampler(params), self.model.tokenizer, max_new_tokens=max_new,
+                            stop_ids=self.model.stop_token_ids, stops=opts.get("stop"),
+                            ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done)
+        self._busy = True
+        return stream
+
+    # ------------------------------------------------------------------ internals
+    def _new_ids(self, text: str) -> tuple[int, list[int]]:
+        """(ids of the history to keep, new ids to append) for the rendered conversation `text`."""
+        hist = self.runner.history
+        enc = self.model.tokenizer.encode
+        if hist.size:
+            done = self.model.tokenizer.decode(hist.tolist(), skip_special_tokens=False)
+            if text.startswith(done) and len(text) > len(done):
+                return hist.size, enc(text[len(done):], add_special_tokens=False).ids
+        ids = enc(text, add_special_tokens=False).ids
+        n = min(hist.size, len(ids) - 1)
+        diff = np.flatnonzero(hist[:n] != np.asarray(ids[:n], dtype=np.int64))
+        keep = int(diff[0]) if diff.size else n
+        return keep, ids[keep:]
+
+    def _fit(self, messages: list[dict], max_new: int, truncate: bool) -> tuple[list[dict], int, list[int]]:
+        """The messages (with truncate: without their oldest turns, so the prompt fits) and their ids."""
+        limit = self.runner.max_length
+        room = min(max_new, limit // 2)
+        while True:
+            keep, new = self._new_ids(self.model.render(messages))
+            n = keep + len(new)
+            if n < limit and (not truncate or n + room <= limit):
+                return messages, keep, new
+            first = 1 if messages and messages[0]["role"] == "system" else 0
+            if not truncate or len(messages) - first <= 1:
+                raise QwenEdgeError(f"the conversation is {n} tokens but the context holds {limit}; start a new "
+                                    "chat or drop the oldest turns (truncate=True, --truncate)")
+            del messages[first]  # the oldest turn: a user message and what answered it
+            while len(messages) - first > 1 and messages[first]["role"] != "user":
+                del messages[first]
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise QwenEdgeError(f"unknown chat option {unknown[0]!r}: use {', '.join(_OPTIONS)}")

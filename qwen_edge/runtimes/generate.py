@@ -1,0 +1,199 @@
+"""The generation loop: prefill, sample, feed back; and the text stream on top of it.
+
+`token_loop` yields token ids; `TextStream` turns them into text pieces (never a broken UTF-8
+character, stop strings held back until decided) and records a `Result` with timings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from ..errors import QwenEdgeError
+from .detok import StreamDecoder
+from .kv import Runner
+from .sampler import Sampler
+from .stops import StopMatcher
+
+
+@dataclass
+class Timings:
+    """Seconds and counts for one generation (`decode_tps` excludes the first token)."""
+
+    prompt_tokens: int = 0  # tokens prefilled by this call (a chat turn reuses the earlier ones)
+    cached_tokens: int = 0  # tokens already in the cache when the call started
+    new_tokens: int = 0
+    ttft_s: float = 0.0  # call start to the first token (tokenizing, prefill and one sample)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # first token to last token
+    total_s: float = 0.0
+    run_s: float = 0.0  # inside onnxruntime during the decode steps
+    sample_s: float = 0.0
+    detok_s: float = 0.0  # streaming detokenizer and stop strings
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "prefill_tps": self.prefill_tps, "decode_tps": self.decode_tps}
+
+
+@dataclass
+class Result:
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)  # generated ids (with the end token when it ended on one)
+    finish_reason: str = ""  # "eos" | "stop" (a stop string) | "length" (max_new_tokens or the context)
+    timings: Timings = field(default_factory=Timings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "tokens": self.tokens, "finish_reason": self.finish_reason,
+                "timings": self.timings.to_dict()}
+
+
+def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_ids: frozenset[int],
+               ignore_eos: bool = False, timings: Timings, t0: float) -> Iterator[int]:
+    """Run the runner's pending ids, then sample up to max_new_tokens ids, each fed back in place.
+
+    Stops after an end token (unless ignore_eos), max_new_tokens ids or a full context. The last
+    sampled id stays pending (not fed): a chat's next turn feeds it with its own tokens. Fills `timings`.
+    """
+    penalty = sampler.params.repetition_penalty != 1.0
+    argmax = sampler.params.greedy and not penalty  # the sampler's greedy path, minus its overhead
+    timings.cached_tokens = runner.length
+    timings.prompt_tokens = runner.n - runner.length
+    t = time.perf_counter()
+    logits = runner.forward()
+    timings.prefill_s = time.perf_counter() - t
+    run0 = runner.run_seconds
+    sample = sampler.sample
+    push, forward = runner.push, runner.forward
+    sample_s = 0.0
+    try:
+        for i in range(max_new_tokens):
+            ts = time.perf_counter()
+            tok = int(logits.argmax()) if argmax else sample(logits, runner.history if penalty else None)
+            sample_s += time.perf_counter() - ts
+            push(tok)
+            timings.new_tokens = i + 1
+            if i == 0:
+                timings.ttft_s = time.perf_counter() - t0
+            yield tok
+            if (tok in stop_ids and not ignore_eos) or i + 1 == max_new_tokens or runner.free == 0:
+                return
+            logits = forward()
+    finally:
+        timings.sample_s = sample_s
+        timings.run_s = runner.run_seconds - run0
+
+
+class TextStream:
+    """Iterate for text pieces; `result` holds the whole text, tokens, finish reason and timings.
+
+    Closing it early (break + close(), or garbage collection) ends the generation and frees the cache.
+    """
+
+    def __init__(self, runner: Runner, sampler: Sampler, tokenizer: Any, *, max_new_tokens: int,
+                 stop_ids: frozenset[int], stops: Sequence[str] | None = None, ignore_eos: bool = False,
+                 t0: float | None = None, on_done: Callable[[TextStream], None] | None = None):
+        self.result = Result()
+        self._t0 = time.perf_counter() if t0 is None else t0
+        if ignore_eos:
+            stop_ids = frozenset()
+        self._stop_ids = stop_ids
+        self._matcher = StopMatcher(stops if stops else None)
+        self._decoder = StreamDecoder(tokenizer)
+        self._on_done = on_done
+        self.runner = runner
+        self._tokens = token_loop(runner, sampler, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                                  ignore_eos=ignore_eos, timings=self.result.timings, t0=self._t0)
+        self._pieces = self._run()
+        self.done = False
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def __enter__(self) -> TextStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pieces.close()
+        if self._on_done is not None:  # never started: the generator's finally did not run
+            cb, self._on_done = self._on_done, None
+            cb(self)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def read(self) -> str:
+        """Run to the end; return the whole text."""
+        for _ in self:
+            pass
+        return self.result.text
+
+    def _run(self) -> Iterator[str]:
+        res, tm = self.result, self.result.timings
+        text: list[str] = []
+        detok_s = 0.0
+        t_first = t_last = 0.0
+        reason = "cancelled"
+        try:
+            for tok in self._tokens:
+                t_last = time.perf_counter()
+                if not t_first:
+                    t_first = t_last
+                res.tokens.append(tok)
+                ts = time.perf_counter()
+                piece = "" if tok in self._stop_ids else self._decoder.put(tok)
+                out, stopped = self._matcher.put(piece) if piece else ("", False)
+                detok_s += time.perf_counter() - ts
+                if out:
+                    text.append(out)
+                    yield out
+                if stopped:
+                    reason = "stop"
+                    break
+            else:
+                last = res.tokens[-1] if res.tokens else None
+                reason = "eos" if last is not None and last in self._stop_ids else "length"
+            if reason != "stop":
+                ts = time.perf_counter()
+                tail, stopped = self._matcher.put(self._decoder.flush())
+                tail += self._matcher.flush()
+                detok_s += time.perf_counter() - ts
+                if stopped:
+                    reason = "stop"
+                if tail:
+                    text.append(tail)
+                    yield tail
+        finally:
+            self._tokens.close()
+            tm.detok_s = detok_s
+            tm.total_s = time.perf_counter() - self._t0
+            tm.decode_s = t_last - t_first
+            res.text = "".join(text)
+            res.finish_reason = reason
+            self.done = True
+            if self._on_done is not None:
+                cb, self._on_done = self._on_done, None
+                cb(self)
+
+
+def check_max_new_tokens(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise QwenEdgeError(f"max_new_tokens must be an integer >= 1, got {n!r}")
+    return n

@@ -1,0 +1,230 @@
+"""`Model`: an artifact folder loaded for generation (the Python API behind `qwen-edge run`).
+
+    from qwen_edge import Model
+    model = Model.load("out/int4", threads=2)
+    for piece in model.stream("Hello", max_new_tokens=64): print(piece, end="", flush=True)
+    text = model.generate([{"role": "user", "content": "Hi"}], temperature=0.0)
+
+A prompt is raw text (str), a chat (a list of {"role", "content"} dicts, rendered with the model's
+chat template) or token ids (a list of ints). One Model is safe to share between threads: onnxruntime
+sessions run concurrently and every generation gets its own KV cache from a small pool.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+
+from .. import artifact as A
+from ..errors import QwenEdgeError
+from .generate import Result, TextStream, check_max_new_tokens
+from .kv import Runner
+from .sampler import Sampler, SamplingParams
+from .session import SessionConfig, open_session
+from .template import ChatTemplate, load_template
+
+Prompt = Union[str, Sequence[Mapping[str, Any]], Sequence[int], np.ndarray]
+
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+class Model:
+    def __init__(self, folder: str | Path, *, threads: int = 0, provider: str = "cpu", max_length: int | None = None,
+                 arena: bool = True, spin: bool = True, prefill_chunk: int = 256, use_jinja: bool | None = None):
+        self.folder = Path(folder)
+        self.manifest = A.read_manifest(self.folder)
+        self.spec = self.manifest["model"]
+        limit = int(self.manifest["max_length"])
+        if max_length is None:
+            max_length = limit
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 < max_length <= limit:
+            raise QwenEdgeError(f"max_length must be an integer in 2..{limit} (the exported context), "
+                                f"got {max_length!r}")
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise QwenEdgeError(f"prefill_chunk must be an integer >= 1, got {prefill_chunk!r}")
+        self.max_length = max_length
+        self.prefill_chunk = prefill_chunk
+        self.session_config = SessionConfig(threads=threads, provider=provider, arena=arena, spin=spin)
+        self.tokenizer = _tokenizer(self.folder)
+        self.generation_config = _json(self.folder / A.GENERATION)
+        self.template = ChatTemplate(load_template(self.folder), use_jinja=use_jinja)
+        self.stop_token_ids = frozenset(self._stop_ids())
+        self.session = open_session(self.folder, self.session_config)
+        self._pool: list[Runner] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, folder: str | Path, **kwargs: Any) -> Model:
+        """Load an artifact folder. Options: threads (0 = all cores), provider ("cpu", "cuda", ... or
+        an onnxruntime provider name), max_length (a shorter context: a smaller KV cache), arena,
+        spin, prefill_chunk, use_jinja (None: the template's Jinja when jinja2 is importable)."""
+        return cls(folder, **kwargs)
+
+    # ------------------------------------------------------------------ text
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **kw: Any) -> str:
+        """The chat as the prompt text the model sees."""
+        if self.template.source is None:
+            raise QwenEdgeError(f"{self.folder} has no chat template: pass raw text or token ids")
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, **kw)
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        if isinstance(prompt, np.ndarray):
+            prompt = prompt.reshape(-1).tolist()
+        if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+            return self.encode(self.render(prompt), add_special_tokens=False)
+        if isinstance(prompt, Sequence) and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
+                                                for t in prompt):
+            ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < int(self.spec["vocab_size"])]
+            if bad:
+                raise QwenEdgeError(f"token id {bad[0]} is outside the vocabulary (0..{self.spec['vocab_size'] - 1})")
+            return ids
+        raise QwenEdgeError("a prompt is a string, a list of chat messages ({'role', 'content'} dicts) "
+                            "or a list of token ids")
+
+    # ------------------------------------------------------------------ generation
+    def sampling(self, **overrides: Any) -> SamplingParams:
+        """The model's generation defaults with overrides (None keeps the default)."""
+        return SamplingParams.from_defaults(self.generation_config, **overrides)
+
+    def stream(self, prompt: Prompt, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+               min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
+               stop: Sequence[str] | None = None, truncate: bool = False, ignore_eos: bool = False) -> TextStream:
+        """Generate, yielding text pieces as they are complete; `.result` has text, tokens and timings.
+
+        truncate: drop the oldest prompt tokens when the prompt does not fit (else a QwenEdgeError).
+        ignore_eos: run max_new_tokens steps even past end tokens (benchmarks).
+        """
+        t0 = time.perf_counter()
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
+        params = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                               repetition_penalty=repetition_penalty, seed=seed)
+        ids = self.fit(self.prompt_ids(prompt), max_new_tokens, truncate)
+        runner = self._acquire()
+        try:
+            runner.append(ids)
+            return TextStream(runner, Sampler(params), self.tokenizer, max_new_tokens=max_new_tokens,
+                              stop_ids=self.stop_token_ids, stops=stop, ignore_eos=ignore_eos, t0=t0,
+                              on_done=lambda s: self._release(s.runner))
+        except BaseException:
+            self._release(runner)
+            raise
+
+    def generate(self, prompt: Prompt, **kwargs: Any) -> str:
+        """The whole generated text (options as for `stream`)."""
+        return self.complete(prompt, **kwargs).text
+
+    def complete(self, prompt: Prompt, **kwargs: Any) -> Result:
+        """Text, token ids, finish reason and timings (options as for `stream`)."""
+        s = self.stream(prompt, **kwargs)
+        s.read()
+        return s.result
+
+    def chat(self, system: str | None = None, **defaults: Any) -> "Chat":
+        """A multi-turn chat that keeps its KV cache between turns; `defaults` are `stream` options."""
+        from .chat import Chat
+        return Chat(self, system=system, **defaults)
+
+    def fit(self, ids: list[int], max_new_tokens: int, truncate: bool) -> list[int]:
+        """The prompt ids, checked against the context (or left-truncated when asked)."""
+        if not ids:
+            raise QwenEdgeError("the prompt is empty")
+        if len(ids) < self.max_length:
+            return ids
+        if not truncate:
+            raise QwenEdgeError(f"the prompt is {len(ids)} tokens but the context holds {self.max_length}; "
+                                "shorten it or truncate it from the left (truncate=True, --truncate)")
+        keep = max(self.max_length - max_new_tokens, self.max_length // 2)
+        return ids[-keep:]
+
+    # ------------------------------------------------------------------ caches
+    def new_runner(self) -> Runner:
+        return Runner(self.session, self.spec, self.max_length, self.prefill_chunk)
+
+    def _acquire(self) -> Runner:
+        with self._lock:
+            r = self._pool.pop() if self._pool else None
+        if r is None:
+            r = self.new_runner()
+        r.reset()
+        return r
+
+    def _release(self, runner: Runner) -> None:
+        with self._lock:
+            if len(self._pool) < 2:  # keep a couple of caches warm, let extra ones go
+                self._pool.append(runner)
+
+    def close(self) -> None:
+        """Free the caches and the session (the Model is unusable afterwards)."""
+        with self._lock:
+            self._pool.clear()
+        self.session = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _stop_ids(self) -> set[int]:
+        """generation_config's eos ids, the tokenizer's eos token and <|endoftext|> (Qwen's document end)."""
+        ids: set[int] = set()
+        eos = self.generation_config.get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        tc = _json(self.folder / "tokenizer_config.json")
+        for tok in (tc.get("eos_token"), "<|endoftext|>", "<|im_end|>" if self.template.source and
+                    "<|im_end|>" in self.template.source else None):
+            if isinstance(tok, dict):
+                tok = tok.get("content")
+            if isinstance(tok, str) and self.tokenizer.token_to_id(tok) is not None:
+                ids.add(int(self.tokenizer.token_to_id(tok)))
+        return {int(i) for i in ids}
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes of one preallocated KV cache (each generation or chat holds one)."""
+        key = next(i for i in self.session.get_inputs() if i.name == "past_key_values.0.key")
+        item = 2 if key.type == "tensor(float16)" else 4
+        s = self.spec
+        return 2 * s["num_layers"] * s["num_kv_heads"] * s["head_dim"] * self.max_length * item
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes on disk of the folder's files."""
+        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+
+    def __repr__(self) -> str:
+        return (f"Model({str(self.folder)!r}, {self.spec.get('model_type')}, {self.manifest.get('dtype')}, "
+                f"max_length={self.max_length})")
+
+
+def _tokenizer(folder: Path) -> Any:
+    from tokenizers import Tokenizer
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise QwenEdgeError(f"{folder} has no tokenizer.json")
+    return Tokenizer.from_file(str(path))
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise QwenEdgeError(f"cannot read {path}: {e}") from None
