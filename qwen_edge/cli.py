@@ -163,6 +163,46 @@ def bench_(
     _emit(r, as_json, summary_lines(r))
 
 
+@app.command("quantize")
+def quantize_(
+    source: str = typer.Argument(..., help="HF folder, hub id (org/name) or .gguf file"),
+    output: Path = typer.Option(..., "-o", "--output", help="artifact folder to write"),
+    method: str = typer.Option("gptq", help="rtn, gptq or awq"),
+    bits: int = typer.Option(4, help="4 or 8"),
+    group_size: int = typer.Option(128, help="input channels per quantization block (32, 64, 128)"),
+    sym: bool = typer.Option(False, "--sym/--asym", help="symmetric (no zero points) or asymmetric"),
+    act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal"),
+    damp: float = typer.Option(0.01, help="GPTQ: damping, a fraction of the mean Hessian diagonal"),
+    calibration: str = typer.Option("enwiki", help="'enwiki' or a UTF-8 text file"),
+    samples: int = typer.Option(128, help="calibration samples"),
+    seq_len: int = typer.Option(512, help="tokens per calibration sample"),
+    seed: int = typer.Option(0, help="seed for choosing the calibration samples"),
+    embed_bits: str = typer.Option("8", help="embedding precision: 8, 4 or fp32"),
+    head_bits: str = typer.Option("8", help="LM head precision: 8, 4 or fp32"),
+    token_group_size: int = typer.Option(128, help="block size of the embedding and LM head"),
+    accuracy_level: int = typer.Option(4, help="MatMulNBits accuracy_level (4: int8 activations, the fast CPU path)"),
+    max_length: Optional[int] = typer.Option(None, help="context length (default: the model's)"),
+    save_checkpoint: Optional[Path] = typer.Option(None, help="also write a GPTQ-format HF folder here"),
+    revision: Optional[str] = typer.Option(None, help="hub revision (branch, tag or commit)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Quantize a model to int8/int4 (RTN, GPTQ or AWQ) into MatMulNBits ONNX."""
+    from .quantize.api import quantize
+    m = quantize(source, output, method=method, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
+                 damp=damp, calibration=calibration, samples=samples, seq_len=seq_len, seed=seed,
+                 embed_bits=embed_bits, head_bits=head_bits, token_group_size=token_group_size,
+                 accuracy_level=accuracy_level, max_length=max_length, save_checkpoint=save_checkpoint,
+                 force=force, revision=revision)
+    q = m["quantization"]
+    size = sum((output / n).stat().st_size for n in m["files"])
+    summary = {"output": str(output), "method": q["method"], "bits": q["bits"], "group_size": q["group_size"],
+               "sym": q["sym"], "size_bytes": size, "quantize_seconds": m["quantize_seconds"],
+               "checkpoint": str(save_checkpoint) if save_checkpoint else None, "quantization": q}
+    _emit(summary, as_json, [f"quantized {m['model']['model_type']} with {q['method']} int{q['bits']} "
+                             f"(group {q['group_size']}) to {output}: {size / 1e6:.0f} MB in {m['quantize_seconds']:.1f} s"])
+
+
 def main() -> None:
     try:
         app()

@@ -44,10 +44,27 @@ def float_linear(dtype: type) -> LinearFn:
     return linear
 
 
+class FloatTokens:
+    """The default `tokens` hook: a float embedding Gather and a Gemm LM head (a tied head reads the
+    embedding initializer itself, stored once). qwen_edge.quantize.ops.QuantTokens is the quantized one."""
+
+    def __init__(self, dtype: type):
+        self.dtype, self._embed = dtype, None
+
+    def embed(self, g: Graph, ids: str, w: np.ndarray) -> str:
+        self._embed = g.weight("model.embed_tokens.weight", w.astype(self.dtype, copy=False))
+        return g.op("Gather", [self._embed, ids], "embed/Gather")
+
+    def head(self, g: Graph, x: str, w: "np.ndarray | None", embed_w: Callable[[], np.ndarray]) -> str:
+        head = self._embed if w is None else g.weight("lm_head.weight", w.astype(self.dtype, copy=False))
+        return g.op("Gemm", [x, head], "lm_head/Gemm", transB=1)
+
+
 def build_decoder(g: Graph, spec: ModelSpec, weights: Weights, *, dtype: type = np.float32,
-                  max_length: int, linear: LinearFn | None = None,
+                  max_length: int, linear: LinearFn | None = None, tokens: "FloatTokens | None" = None,
                   progress: Callable[[int], None] = lambda i: None) -> None:
     linear = linear or float_linear(dtype)
+    tokens = tokens or FloatTokens(dtype)
     s, T = spec, ONNX_DTYPE[dtype]
     kv_shape = ["batch_size", s.num_kv_heads, "past_sequence_length", s.head_dim]
     present_shape = ["batch_size", s.num_kv_heads, "total_sequence_length", s.head_dim]
@@ -66,10 +83,7 @@ def build_decoder(g: Graph, spec: ModelSpec, weights: Weights, *, dtype: type = 
     cos, sin = cos_sin_cache(spec, max_length)
     cos_cache, sin_cache = g.weight("cos_cache", cos.astype(dtype, copy=False)), g.weight("sin_cache", sin.astype(dtype, copy=False))
 
-    embed = weights.get("model.embed_tokens.weight")
-    embed_name = g.weight("model.embed_tokens.weight", embed.astype(dtype, copy=False))
-    del embed
-    hidden = g.op("Gather", [embed_name, input_ids], "embed/Gather")
+    hidden = tokens.embed(g, input_ids, weights.get("model.embed_tokens.weight"))
     eps = float(s.rms_norm_eps)
 
     def skip_norm(x: str, residual: str, w_name: str, name: str) -> tuple[str, str]:
@@ -145,9 +159,9 @@ def build_decoder(g: Graph, spec: ModelSpec, weights: Weights, *, dtype: type = 
                             g.const([1], "axis1", np.int64)], "keep/Slice")
 
     # The LM head reads a [vocab, hidden] matrix; a tied model points it at the embedding, stored once.
-    head = embed_name if s.tie_word_embeddings else g.weight("lm_head.weight", weights.get("lm_head.weight").astype(dtype, copy=False))
     flat = g.op("Reshape", [normed, g.const([-1, s.hidden_size], "flat_hidden", np.int64)], "lm_head/Flatten")
-    logits2d = g.op("Gemm", [flat, head], "lm_head/Gemm", transB=1)
+    logits2d = tokens.head(g, flat, None if s.tie_word_embeddings else weights.get("lm_head.weight"),
+                           lambda: weights.get("model.embed_tokens.weight"))
     if dtype != np.float32:
         logits2d = g.op("Cast", [logits2d], "lm_head/Cast", to=TensorProto.FLOAT)
     batch_seq = g.op("Slice", [g.op("Shape", [normed], "lm_head/Shape"), g.const([0], "zero1", np.int64),

@@ -79,6 +79,7 @@ def _progress(total: int, desc: str, enabled: bool) -> tuple[Callable[[int], Non
 
 def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: int | None = None,
                    force: bool = False, linear: LinearFn | None = None, quantization: dict | None = None,
+                   tokens: Any = None,
                    progress: bool = True, extra_files: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Build the graph from `src` into a complete artifact folder at `out`; returns the manifest."""
     if dtype not in DTYPES:
@@ -97,7 +98,7 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
         step, close = _progress(spec.num_layers, f"export {dtype}", progress)
         try:
             build_decoder(g, spec, src.weights, dtype=DTYPES[dtype], max_length=max_length, linear=linear,
-                          progress=step)
+                          tokens=tokens, progress=step)
         finally:
             close()
             g.abort()
@@ -134,7 +135,11 @@ def export(source: str, out: str | Path, *, dtype: str = "fp32", max_length: int
         raise QwenEdgeError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
     check_output(out, force)  # fail before any slow download or load
     src = open_source(source, revision=revision)
-    if src.quantization:
-        raise QwenEdgeError(f"{source} is a {src.quantization.get('quant_method', 'quantized')} checkpoint; "
-                            "importing quantized checkpoints is not supported yet")
+    if src.quantization:  # a GPTQ/AWQ folder: its packed weights go straight into MatMulNBits
+        if dtype != "fp32":
+            raise QwenEdgeError("a quantized checkpoint exports with --dtype fp32 (MatMulNBits takes fp32 activations)")
+        from ..quantize.checkpoint import import_hooks
+        src, linear, tokens, info = import_hooks(src)
+        return write_artifact(src, out, dtype=dtype, max_length=max_length, force=force, progress=progress,
+                              linear=linear, tokens=tokens, quantization=info)
     return write_artifact(src, out, dtype=dtype, max_length=max_length, force=force, progress=progress)

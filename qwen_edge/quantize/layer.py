@@ -1,0 +1,96 @@
+"""One Qwen2/Qwen3 decoder layer in fp32 torch, built from a Source's weights (checked against
+transformers in tests/test_quant_calibrate.py). Used by the layer-by-layer calibration: one layer's weights
+in memory at a time, and hooks that see the input of each linear (as the exporter packs them: qkv_proj,
+o_proj, gate_up_proj, down_proj).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..export.rope import cos_sin_cache
+from ..spec import ModelSpec
+
+LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rope_tables(spec: ModelSpec, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = cos_sin_cache(spec, length)
+    return torch.from_numpy(cos), torch.from_numpy(sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class DecoderLayer:
+    """Weights as the exporter packs them: w[name] [out, in], b[name] or absent; norms by HF name tail."""
+
+    def __init__(self, spec: ModelSpec, weights, i: int):
+        self.spec, self.i = spec, i
+        p = f"model.layers.{i}"
+        get = lambda n: torch.from_numpy(np.ascontiguousarray(weights.get(n), dtype=np.float32))
+        a, m = f"{p}.self_attn", f"{p}.mlp"
+        self.w = {
+            "self_attn.qkv_proj": torch.cat([get(f"{a}.{n}_proj.weight") for n in "qkv"]),
+            "self_attn.o_proj": get(f"{a}.o_proj.weight"),
+            "mlp.gate_up_proj": torch.cat([get(f"{m}.gate_proj.weight"), get(f"{m}.up_proj.weight")]),
+            "mlp.down_proj": get(f"{m}.down_proj.weight"),
+        }
+        self.b: dict[str, torch.Tensor] = {}
+        if spec.qkv_bias:
+            self.b["self_attn.qkv_proj"] = torch.cat([get(f"{a}.{n}_proj.bias") for n in "qkv"])
+        if f"{a}.o_proj.bias" in weights:
+            self.b["self_attn.o_proj"] = get(f"{a}.o_proj.bias")
+        self.norm = {"input_layernorm": get(f"{p}.input_layernorm.weight"),
+                     "post_attention_layernorm": get(f"{p}.post_attention_layernorm.weight")}
+        if spec.qk_norm:
+            self.norm["self_attn.q_norm"] = get(f"{a}.q_norm.weight")
+            self.norm["self_attn.k_norm"] = get(f"{a}.k_norm.weight")
+
+    def hf_name(self, key: str) -> str:
+        return f"model.layers.{self.i}.{key}.weight"
+
+    def _lin(self, name: str, x: torch.Tensor, hook) -> torch.Tensor:
+        if hook is not None:
+            hook(name, x)
+        y = x @ self.w[name].T
+        b = self.b.get(name)
+        return y if b is None else y + b
+
+    @torch.no_grad()
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                hook: Callable[[str, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """h [B, S, hidden] -> [B, S, hidden]; positions 0..S-1, causal."""
+        s, eps = self.spec, self.spec.rms_norm_eps
+        bsz, n, _ = h.shape
+        x = rms_norm(h, self.norm["input_layernorm"], eps)
+        qkv = self._lin("self_attn.qkv_proj", x, hook)
+        qd, kd = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        q, k, v = qkv.split([qd, kd, kd], dim=-1)
+        q = q.view(bsz, n, s.num_heads, s.head_dim)
+        k = k.view(bsz, n, s.num_kv_heads, s.head_dim)
+        v = v.view(bsz, n, s.num_kv_heads, s.head_dim)
+        if s.qk_norm:
+            q = rms_norm(q, self.norm["self_attn.q_norm"], eps)
+            k = rms_norm(k, self.norm["self_attn.k_norm"], eps)
+        c, si = cos[:n][None, :, None, :], sin[:n][None, :, None, :]
+        q, k = _rotate(q, c, si).transpose(1, 2), _rotate(k, c, si).transpose(1, 2)
+        v = v.transpose(1, 2)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=s.head_dim ** -0.5,
+                                             enable_gqa=s.num_heads != s.num_kv_heads)
+        att = att.transpose(1, 2).reshape(bsz, n, qd)
+        h = h + self._lin("self_attn.o_proj", att, hook)
+        x = rms_norm(h, self.norm["post_attention_layernorm"], eps)
+        gate, up = self._lin("mlp.gate_up_proj", x, hook).chunk(2, dim=-1)
+        return h + self._lin("mlp.down_proj", F.silu(gate) * up, hook)

@@ -1,0 +1,100 @@
+"""Graph writers for quantized weights: MatMulNBits linears, a GatherBlockQuantized embedding and a
+MatMulNBits LM head, plugged into the exporter's `linear` and `tokens` hooks.
+
+accuracy_level 4 lets onnxruntime's CPU kernel quantize activations to int8 and use integer dot products
+(the fast path); the weights themselves are exactly the stored codes.
+
+A tied embedding is stored once when the embedding and the head use the same bits and block size: the
+head's MatMulNBits B [V, n_blocks, blob] is also GatherBlockQuantized's data (3-D, quantize_axis 2, one
+block per row of the last axis). Only the small per-block scales / zero points are reshaped for the gather.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..export.graph import Graph
+from .pack import NBits, QWeight, pack_nibbles, to_matmulnbits
+
+ACCURACY_LEVEL = 4
+
+
+def matmul_nbits(g: Graph, x: str, name: str, p: NBits, accuracy_level: int = ACCURACY_LEVEL) -> str:
+    inputs = [x, g.weight(f"{name}.qweight", p.B), g.weight(f"{name}.scales", p.scales.reshape(p.N, -1))]
+    if p.zero_points is not None:
+        inputs.append(g.weight(f"{name}.qzeros", p.zero_points))
+    return g.op("MatMulNBits", inputs, f"{name}/MatMulNBits", domain="com.microsoft", K=p.K, N=p.N, bits=p.bits,
+                block_size=p.block_size, accuracy_level=accuracy_level)
+
+
+def nbits_linear(lookup: Callable[[str, np.ndarray], NBits], accuracy_level: int = ACCURACY_LEVEL):
+    """A LinearFn emitting MatMulNBits; `lookup(name, fp32 weight)` gives the packed weight."""
+    def linear(g: Graph, x: str, name: str, w: np.ndarray, b: np.ndarray | None) -> str:
+        y = matmul_nbits(g, x, name, lookup(name, w), accuracy_level)
+        if b is not None:
+            y = g.op("Add", [y, g.weight(f"{name}.bias", b.astype(np.float32, copy=False))], f"{name}/Add")
+        return y
+    return linear
+
+
+class QuantTokens:
+    """The exporter's `tokens` hook: quantized embedding and/or LM head (None bits = float32)."""
+
+    def __init__(self, quantize: Callable[[np.ndarray, int, int], QWeight], embed_bits: int | None,
+                 head_bits: int | None, block_size: int, accuracy_level: int = ACCURACY_LEVEL):
+        self.quantize, self.embed_bits, self.head_bits = quantize, embed_bits, head_bits
+        self.block_size, self.accuracy_level = block_size, accuracy_level
+        self._embed: tuple[str, NBits] | None = None  # tied sharing: the stored embedding
+        self._float_embed: str | None = None
+        self.shared = False
+
+    def embed(self, g: Graph, ids: str, w: np.ndarray) -> str:
+        if self.embed_bits is None:
+            self._float_embed = g.weight("model.embed_tokens.weight", w.astype(np.float32, copy=False))
+            return g.op("Gather", [self._float_embed, ids], "embed/Gather")
+        p = to_matmulnbits(self.quantize(w, self.embed_bits, self.block_size))
+        name = "model.embed_tokens"
+        data = g.weight(f"{name}.qweight", p.B)  # [V, n_blocks, blob]
+        nb = p.B.shape[1]
+        scales = g.weight(f"{name}.scales", p.scales.reshape(p.N, nb))
+        shape3 = g.const([p.N, nb, 1], "embed_scale_shape", np.int64)
+        inputs = [data, ids, g.op("Reshape", [scales, shape3], "embed/ScalesReshape")]
+        if p.zero_points is not None:
+            zq = p.zero_points if p.bits == 8 else _unpack_row_nibbles(p.zero_points, p.N, nb)
+            zp = pack_nibbles(zq.reshape(p.N, nb, 1)) if p.bits == 4 else zq.reshape(p.N, nb, 1)
+            inputs.append(g.weight(f"{name}.gather_zeros", zp))
+        out = g.op("GatherBlockQuantized", inputs, "embed/GatherBlockQuantized", domain="com.microsoft",
+                   gather_axis=0, quantize_axis=2, block_size=p.block_size, bits=p.bits)
+        hidden = g.op("Reshape", [out, g.const([0, 0, nb * p.block_size], "embed_flat", np.int64)], "embed/Flatten")
+        if nb * p.block_size != p.K:
+            hidden = g.op("Slice", [hidden, g.const([0], "zero1", np.int64), g.const([p.K], "hidden1", np.int64),
+                                    g.const([2], "axis2", np.int64)], "embed/Slice")
+        self._embed = (name, p)
+        return hidden
+
+    def head(self, g: Graph, x: str, w: np.ndarray | None, embed_w: Callable[[], np.ndarray]) -> str:
+        """LM head over flat hidden states x [rows, hidden]; w is None for a tied model."""
+        if self.head_bits is None:
+            if w is None and self._float_embed is not None:
+                head = self._float_embed
+            else:
+                head = g.weight("lm_head.weight", (embed_w() if w is None else w).astype(np.float32, copy=False))
+            return g.op("Gemm", [x, head], "lm_head/Gemm", transB=1)
+        if w is None and self._embed is not None and self.head_bits == self.embed_bits:
+            name, p = self._embed  # tied and same layout: reuse the stored codes and scales
+            self.shared = True
+            inputs = [x, f"{name}.qweight", f"{name}.scales"]
+            if p.zero_points is not None:
+                inputs.append(g.weight(f"{name}.qzeros", p.zero_points))
+            return g.op("MatMulNBits", inputs, "lm_head/MatMulNBits", domain="com.microsoft", K=p.K, N=p.N,
+                        bits=p.bits, block_size=p.block_size, accuracy_level=self.accuracy_level)
+        src = embed_w() if w is None else w
+        p = to_matmulnbits(self.quantize(src, self.head_bits, self.block_size))
+        return matmul_nbits(g, x, "lm_head", p, self.accuracy_level)
+
+
+def _unpack_row_nibbles(packed: np.ndarray, n: int, nb: int) -> np.ndarray:
+    from .pack import unpack_nibbles
+    return unpack_nibbles(packed.reshape(n, -1), nb)
