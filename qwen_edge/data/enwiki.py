@@ -242,10 +242,24 @@ def enwiki_articles(cache: Path | None = None, *, pip_download: PipDownload = as
     return load_articles(cache, pip_download=pip_download)
 
 
-def enwiki_text(cache: Path | None = None, *, pip_download: PipDownload = assets.pip_download
-                ) -> str:
-    """All articles of `enwiki_articles` joined by a blank line."""
-    return "\n\n".join(enwiki_articles(cache, pip_download=pip_download))
+# Calibration (quantize) and evaluation (eval, quality figures) read disjoint articles, so a quantized
+# model is never scored on the text it was calibrated on.
+CALIBRATION_ARTICLES = 60
+SPLITS = ("all", "calibration", "evaluation")
+
+
+def enwiki_text(cache: Path | None = None, *, split: str = "all",
+                pip_download: PipDownload = assets.pip_download) -> str:
+    """Articles of `enwiki_articles` joined by a blank line: all of them, the first CALIBRATION_ARTICLES
+    ("calibration") or the rest ("evaluation")."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown enwiki split {split!r}")
+    articles = enwiki_articles(cache, pip_download=pip_download)
+    if split == "calibration":
+        articles = articles[:CALIBRATION_ARTICLES]
+    elif split == "evaluation":
+        articles = articles[CALIBRATION_ARTICLES:]
+    return "\n\n".join(articles)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from .layer import LINEARS, DecoderLayer, rope_tables
 from .pack import NBits, QWeight, to_matmulnbits
 from .rtn import rtn_quantize
 
-CALIBRATION_SHARE = 0.6  # enwiki: calibration reads the first 60% of the tokens, evaluation the rest
 
 
 def _tokenizer(write_tokenizer: Callable[[Path], None]):
@@ -42,7 +41,7 @@ def _tokenizer(write_tokenizer: Callable[[Path], None]):
 def calibration_text(name: str) -> str:
     if name == "enwiki":
         from ..data.enwiki import enwiki_text
-        return enwiki_text()
+        return enwiki_text(split="calibration")  # evaluation reads the other articles
     p = Path(name)
     if not p.is_file():
         raise QwenEdgeError(f"calibration must be 'enwiki' or a text file; no such file: {name}")
@@ -56,10 +55,7 @@ def calibration_text(name: str) -> str:
 
 
 def calibration_tokens(name: str, write_tokenizer: Callable[[Path], None]) -> np.ndarray:
-    ids = np.asarray(_tokenizer(write_tokenizer).encode(calibration_text(name)).ids, dtype=np.int64)
-    if name == "enwiki":
-        ids = ids[: int(len(ids) * CALIBRATION_SHARE)]
-    return ids
+    return np.asarray(_tokenizer(write_tokenizer).encode(calibration_text(name)).ids, dtype=np.int64)
 
 
 def sample_windows(ids: np.ndarray, samples: int, seq_len: int, seed: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 divergence (mean, p99) and top-1 agreement, each window one onnxruntime forward (empty past, every
 position's logits). Used by the real-model tests and scripts/bench_quant.py.
 
-The text is the part of enwiki calibration never reads (tokens after the first CALIBRATION_SHARE).
+The text is the enwiki evaluation split: articles that calibration never reads.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrate import CALIBRATION_SHARE
 
 
 def eval_windows(folder: Path, n_windows: int, seq_len: int) -> np.ndarray:
     from tokenizers import Tokenizer
 
     from ..data.enwiki import enwiki_text
-    ids = np.asarray(Tokenizer.from_file(str(Path(folder) / "tokenizer.json")).encode(enwiki_text()).ids, np.int64)
-    ids = ids[int(len(ids) * CALIBRATION_SHARE):]
+    ids = np.asarray(Tokenizer.from_file(str(Path(folder) / "tokenizer.json")).encode(enwiki_text(split="evaluation")).ids,
+                     np.int64)
     n = len(ids) // seq_len
     if n < n_windows:
         raise ValueError(f"only {n} held-out windows of {seq_len} tokens")
