@@ -20,6 +20,18 @@ def real_fp32(example_gguf, tmp_path_factory) -> Path:
     return out
 
 
+REAL_INT4 = dict(method="gptq", bits=4, group_size=128, samples=16, seq_len=256)
+
+
+@pytest.fixture(scope="session")
+def real_int4(example_gguf, tmp_path_factory) -> Path:
+    """The real model quantized to int4 GPTQ once per test session (a small calibration, to keep CI short)."""
+    from qwen_edge.quantize.api import quantize
+    out = tmp_path_factory.mktemp("real") / "int4-gptq"
+    quantize(str(example_gguf), out, max_length=1024, progress=False, **REAL_INT4)
+    return out
+
+
 @pytest.fixture(scope="session")
 def real_hf(example_gguf):
     """transformers' fp32 model dequantized from the same GGUF: the reference."""

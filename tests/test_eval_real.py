@@ -49,3 +49,28 @@ def test_fp16_against_fp32_on_enwiki(real_fp32, real_fp16, tmp_path):
     from PIL import Image  # comes with matplotlib
     with Image.open(tmp_path / "p.png") as im:
         im.verify()
+
+
+def test_int4_against_a_saved_fp32_reference(real_fp32, real_int4, tmp_path):
+    """The CI path: save the fp32 reference once, then gate the int4 GPTQ model against the file alone.
+    Gates are regression gates for this model and calibration (docs/benchmarks.md has the figures)."""
+    common = ["--dataset", "enwiki", "--ctx", "512", "--max-tokens", "4096", "--no-progress"]
+    ref = tmp_path / "ref.npz"
+    r = subprocess.run([sys.executable, "-m", "qwen_edge.cli", "eval", str(real_fp32), *common,
+                        "--save-reference", str(ref)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    gates = ["ppl_increase<=10%", "kl_mean<=0.12", "kl_p99<=1.5", "top1>=80%"]
+    r = subprocess.run([sys.executable, "-m", "qwen_edge.cli", "eval", str(real_fp32), str(real_int4), *common,
+                        "--reference", str(ref), *sum([["--gate", g] for g in gates], []),
+                        "--report", str(tmp_path / "r.json"), "--junit", str(tmp_path / "r.xml"),
+                        "--plot", str(tmp_path / "tradeoff.png"), "--json"],
+                       capture_output=True, text=True, timeout=900)
+    print(r.stdout[-3000:], r.stderr[-2000:], sep="\n")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    fp32, int4 = (m["metrics"] for m in rep["models"])
+    assert fp32["kl_mean"] < 1e-3 and fp32["top1"] == 1.0  # against its own compact reference
+    assert 0.005 < int4["kl_mean"] <= 0.12 and 0.80 <= int4["top1"] < 1.0  # int4 really differs, within gate
+    assert 1.0 < int4["ppl_ratio"] <= 1.10 and int4["ppl_ratio_se"] > 0
+    assert len(ET.parse(tmp_path / "r.xml").getroot().findall("./testsuite/testcase")) == 2 * len(gates)
+    assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
