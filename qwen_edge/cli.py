@@ -180,8 +180,9 @@ def quantize_(
     embed_bits: str = typer.Option("8", help="embedding precision: 8, 4 or fp32"),
     head_bits: str = typer.Option("8", help="LM head precision: 8, 4 or fp32"),
     token_group_size: int = typer.Option(128, help="block size of the embedding and LM head"),
-    accuracy_level: int = typer.Option(4, help="MatMulNBits accuracy_level (4: int8 activations, the fast CPU path)"),
+    accuracy_level: Optional[int] = typer.Option(None, help="MatMulNBits accuracy_level: 4 = int8 activations (the fast CPU path; default for --bits 4), 0 = fp32 activations (default for --bits 8)"),
     max_length: Optional[int] = typer.Option(None, help="context length (default: the model's)"),
+    int8_layers: Optional[str] = typer.Option(None, help="int4 only: decoder layers kept at 8 bits, e.g. 0,1,-1 (mixed precision)"),
     save_checkpoint: Optional[Path] = typer.Option(None, help="also write a GPTQ-format HF folder here"),
     revision: Optional[str] = typer.Option(None, help="hub revision (branch, tag or commit)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
@@ -192,7 +193,7 @@ def quantize_(
     m = quantize(source, output, method=method, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
                  damp=damp, calibration=calibration, samples=samples, seq_len=seq_len, seed=seed,
                  embed_bits=embed_bits, head_bits=head_bits, token_group_size=token_group_size,
-                 accuracy_level=accuracy_level, max_length=max_length, save_checkpoint=save_checkpoint,
+                 accuracy_level=accuracy_level, max_length=max_length, int8_layers=int8_layers, save_checkpoint=save_checkpoint,
                  force=force, revision=revision)
     q = m["quantization"]
     size = sum((output / n).stat().st_size for n in m["files"])

@@ -10,8 +10,8 @@ from conftest import REAL_INT4, manifest
 pytestmark = pytest.mark.real
 
 VARIANTS = {
-    "rtn8": dict(method="rtn", bits=8, group_size=128),
-    "rtn8acc0": dict(method="rtn", bits=8, group_size=128, accuracy_level=0),
+    "rtn8": dict(method="rtn", bits=8, group_size=128),  # default accuracy_level for int8: 0
+    "rtn8acc4": dict(method="rtn", bits=8, group_size=128, accuracy_level=4),
     "rtn4": dict(method="rtn", bits=4, group_size=128),
     "awq4": dict(method="awq", bits=4, group_size=128, samples=16, seq_len=256),
 }
@@ -33,10 +33,11 @@ def results(example_gguf, real_fp32, real_int4, tmp_path_factory):
 
 def test_int8_perplexity_gate(results):
     _, r = results
-    # int8 weights with fp32 activations: the issue's +0.2% target
-    assert r["rtn8acc0"]["ppl_increase"] < 0.002 and r["rtn8acc0"]["kl_mean"] < 0.002
-    # the default accuracy_level 4 (int8 activations in the CPU kernel) costs more: gate at +0.5%
-    assert r["rtn8"]["ppl_increase"] < 0.005 and r["rtn8"]["kl_mean"] < 0.005 and r["rtn8"]["top1"] > 0.95
+    # int8 weights with fp32 activations (the int8 default): the issue's +0.2% target
+    assert r["rtn8"]["ppl_increase"] < 0.002 and r["rtn8"]["kl_mean"] < 0.002 and r["rtn8"]["top1"] > 0.97
+    assert manifest(results[0] / "rtn8")["quantization"]["accuracy_level"] == 0
+    # accuracy_level 4 (int8 activations in the CPU kernel) costs more (measured +0.1..0.5% on 2k tokens)
+    assert r["rtn8acc4"]["ppl_increase"] < 0.01 and r["rtn8acc4"]["kl_mean"] < 0.005 and r["rtn8acc4"]["top1"] > 0.95
 
 
 def test_gptq_int4_beats_rtn_int4_and_awq_stays_near_it(results):

@@ -324,3 +324,31 @@ def test_act_order_gptq_checkpoint_imports(tiny, tmp_path, shared):
     err, err_wrong = np.abs(got - want).max(), np.abs(off - want).max()
     assert err < 0.1 * err_wrong, (err, err_wrong)
     assert err < 0.05 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_int8_layers_mix_precision(tiny, tmp_path, method):
+    root, folder, calib = tiny
+    quantize(str(folder), tmp_path / "mixed", method=method, bits=4, group_size=32, int8_layers="-1",
+             calibration=str(calib), samples=8, seq_len=32, **KW)
+    m = manifest(tmp_path / "mixed")
+    manifest_layers = m["quantization"]["int8_layers"]
+    layers = m["model"]["num_layers"]
+    assert manifest_layers == [layers - 1]
+    bits = {n.name.rsplit("/", 1)[0]: next(a.i for a in n.attribute if a.name == "bits")
+            for n in onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph.node if n.op_type == "MatMulNBits"}
+    for name, b in bits.items():
+        if name.startswith("model.layers."):
+            assert b == (8 if int(name.split(".")[2]) == layers - 1 else 4), name
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(int8_layers="0,x"), "takes layer indices"),
+                                    (dict(int8_layers="99"), "outside the model's"),
+                                    (dict(int8_layers="0", save_checkpoint="CK"), "cannot hold")])
+def test_int8_layers_bad_input(tiny, tmp_path, kw, msg):
+    _, folder, _ = tiny
+    if "save_checkpoint" in kw:
+        kw = {**kw, "save_checkpoint": tmp_path / "ck"}
+    with pytest.raises(QwenEdgeError, match=msg):
+        quantize(str(folder), tmp_path / "out", method="rtn", bits=4, group_size=32, **kw, **KW)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ck").exists()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -79,6 +79,7 @@ class Options:
     act_order: bool = False
     damp: float = 0.01
     batch: int = 8  # samples per forward
+    int8_layers: frozenset[int] = frozenset()  # decoder layers kept at 8 bits (mixed precision)
     awq_tokens: int = 2048  # token rows kept per linear for AWQ's scale search (512 of them for clipping)
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
@@ -152,11 +153,12 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
             for b0 in range(0, n, opts.batch):
                 col.offset = b0 * L
                 ref[b0:b0 + opts.batch] = layer.forward(h[b0:b0 + opts.batch], cos, sin, col)
+            lopts = replace(opts, bits=8) if i in opts.int8_layers else opts
             if opts.method == "gptq":
-                q = {name: gptq_quantize(layer.w[name], col.hessians[name].H, opts.bits, opts.group_size,
+                q = {name: gptq_quantize(layer.w[name], col.hessians[name].H, lopts.bits, opts.group_size,
                                          opts.sym, opts.damp, opts.act_order) for name in LINEARS}
             else:
-                q = _awq_layer(layer, col, spec, opts)
+                q = _awq_layer(layer, col, spec, lopts)
                 for key in ("input_layernorm", "post_attention_layernorm"):
                     result.overrides[layer.hf_name(key)] = layer.norm[key].numpy().copy()
             del col
@@ -203,8 +205,31 @@ def _awq_layer(layer: DecoderLayer, col: _Collector, spec: ModelSpec, opts: Opti
     return q
 
 
-def rtn_linears(bits: int, group_size: int, sym: bool) -> Callable[[str, np.ndarray], NBits]:
+def layer_index(name: str) -> int:
+    """model.layers.3.mlp.down_proj -> 3."""
+    return int(name.split(".")[2])
+
+
+def parse_layers(spec: str | None, num_layers: int) -> frozenset[int]:
+    """'0,1,-1' -> {0, 1, num_layers - 1}; negative indices count from the end."""
+    if not spec:
+        return frozenset()
+    out = set()
+    for part in str(spec).split(","):
+        try:
+            i = int(part.strip())
+        except ValueError:
+            raise QwenEdgeError(f"--int8-layers takes layer indices like 0,1,-1; got '{part.strip()}'") from None
+        if not -num_layers <= i < num_layers:
+            raise QwenEdgeError(f"--int8-layers: layer {i} is outside the model's {num_layers} layers")
+        out.add(i % num_layers)
+    return frozenset(out)
+
+
+def rtn_linears(bits: int, group_size: int, sym: bool,
+                int8_layers: frozenset[int] = frozenset()) -> Callable[[str, np.ndarray], NBits]:
     """The RTN lookup: quantize whatever weight the exporter hands over, on the fly."""
     def lookup(name: str, w: np.ndarray) -> NBits:
-        return to_matmulnbits(rtn_quantize(w, bits, group_size, sym))
+        b = 8 if layer_index(name) in int8_layers else bits
+        return to_matmulnbits(rtn_quantize(w, b, group_size, sym))
     return lookup
