@@ -20,6 +20,7 @@ from pathlib import Path
 
 VARIANTS = {
     "rtn8": dict(method="rtn", bits=8, group_size=128),
+    "rtn8acc4": dict(method="rtn", bits=8, group_size=128, accuracy_level=4),
     "rtn4g128": dict(method="rtn", bits=4, group_size=128),
     "rtn4g32": dict(method="rtn", bits=4, group_size=32),
     "gptq4g128": dict(method="gptq", bits=4, group_size=128),
@@ -29,6 +30,7 @@ VARIANTS = {
     "awq4g128": dict(method="awq", bits=4, group_size=128),
     "awq4g32": dict(method="awq", bits=4, group_size=32),
     "gptq8g128": dict(method="gptq", bits=8, group_size=128),
+    "gptq4g128mix": dict(method="gptq", bits=4, group_size=128, int8_layers="0,1"),
 }
 
 

@@ -1,7 +1,11 @@
 """End to end on the bundled example model: fetch the real Qwen2.5-Coder-0.5B-Instruct GGUF, export it to
-ONNX, and check the export against transformers (the full-precision reference) and onnxruntime-genai.
+ONNX and check the export against transformers (the full-precision reference); quantize it to int4 with
+GPTQ, run it, gate its accuracy against the fp32 export, and benchmark both.
 
-    python scripts/demo.py [--out out]
+    python scripts/demo.py [--out out] [--samples 16]
+
+The GPTQ calibration is kept small (16 x 256 tokens) so the demo takes about ten minutes on 2 cores;
+`--samples 128 --seq-len 512` is the full setting (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ def sh(*args: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="out")
+    ap.add_argument("--samples", default="16")
+    ap.add_argument("--seq-len", default="256")
     a = ap.parse_args()
     from qwen_edge.assets import example_gguf
     gguf = example_gguf()
@@ -64,6 +70,17 @@ def main() -> None:
     print(f"  continuation: {PROMPT}{tok.decode(gen)!r}")
     if top1 < 1.0 or gen != ref_gen:
         sys.exit("demo: the export does not match the reference")
+    del ref_model, sess
+
+    int4 = str(out / "int4")
+    sh("quantize", str(gguf), "-o", int4, "--method", "gptq", "--bits", "4", "--group-size", "128",
+       "--samples", a.samples, "--seq-len", a.seq_len, "--max-length", "4096", "--force")
+    sh("run", int4, "-p", "Write a haiku about rust", "--temperature", "0", "--max-new-tokens", "48")
+    sh("eval", str(out / "fp32"), int4, "--reference", str(out / "fp32"), "--dataset", "enwiki", "--ctx", "512",
+       "--max-tokens", "4096", "--gate", "ppl_increase<=10%", "--gate", "top1>=80%",
+       "--markdown", str(out / "eval.md"), "--plot", str(out / "tradeoff.png"))
+    for folder in (str(out / "fp32"), int4):
+        sh("bench", folder, "--prompt-tokens", "256", "--new-tokens", "64", "--runs", "3")
 
 
 if __name__ == "__main__":
