@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ def one(args: argparse.Namespace) -> None:
     """Child process: quantize one variant, print its timing and peak RSS as JSON."""
     from qwen_edge.assets import example_gguf
     from qwen_edge.quantize.api import quantize
+    from qwen_edge.runtimes.bench import peak_rss_bytes  # VmHWM: ru_maxrss would include the parent's peak
     kw = dict(VARIANTS[args.one])
     if kw["method"] != "rtn":
         kw.update(samples=args.samples, seq_len=args.seq_len)
@@ -46,7 +46,7 @@ def one(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     quantize(str(example_gguf()), Path(args.out) / args.one, max_length=4096, force=True, progress=False, **kw)
     print(json.dumps({"seconds": time.perf_counter() - t,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_bytes() / 2**20}))
 
 
 def main() -> None:

@@ -30,6 +30,15 @@ def bench_prompt(tokenizer: Any, n: int) -> list[int]:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak RSS. On Linux VmHWM: ru_maxrss survives fork and exec, so a benchmark started
+    by a large parent (a script that had loaded transformers, say) would report the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)  # Linux reports KiB
 
