@@ -35,11 +35,13 @@ def export(
     max_length: Optional[int] = typer.Option(None, help="context length (default: the model's)"),
     revision: Optional[str] = typer.Option(None, help="hub revision (branch, tag or commit)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar per layer on stderr"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest summary as JSON"),
 ) -> None:
     """Export a model to ONNX with an in-place KV cache."""
     from .export.writer import export as run_export
-    m = run_export(source, output, dtype=dtype, max_length=max_length, force=force, revision=revision)
+    m = run_export(source, output, dtype=dtype, max_length=max_length, force=force, revision=revision,
+                   progress=progress)
     size = sum((output / n).stat().st_size for n in m["files"])
     summary = {"output": str(output), "dtype": m["dtype"], "max_length": m["max_length"],
                "model_type": m["model"]["model_type"], "layers": m["model"]["num_layers"],
@@ -186,6 +188,7 @@ def quantize_(
     save_checkpoint: Optional[Path] = typer.Option(None, help="also write a GPTQ-format HF folder here"),
     revision: Optional[str] = typer.Option(None, help="hub revision (branch, tag or commit)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar per layer on stderr"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Quantize a model to int8/int4 (RTN, GPTQ or AWQ) into MatMulNBits ONNX."""
@@ -194,7 +197,7 @@ def quantize_(
                  damp=damp, calibration=calibration, samples=samples, seq_len=seq_len, seed=seed,
                  embed_bits=embed_bits, head_bits=head_bits, token_group_size=token_group_size,
                  accuracy_level=accuracy_level, max_length=max_length, int8_layers=int8_layers, save_checkpoint=save_checkpoint,
-                 force=force, revision=revision)
+                 force=force, revision=revision, progress=progress)
     q = m["quantization"]
     size = sum((output / n).stat().st_size for n in m["files"])
     summary = {"output": str(output), "method": q["method"], "bits": q["bits"], "group_size": q["group_size"],
