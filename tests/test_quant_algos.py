@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from qwen_edge.quantize.awq import awq_quantize, search_scale
+from qwen_edge.quantize.awq import awq_quantize, balance, search_scale, token_error
 from qwen_edge.quantize.gptq import Hessian, gptq_quantize
 from qwen_edge.quantize.rtn import rtn_quantize
 
@@ -53,6 +53,34 @@ def test_awq_scales_lower_the_error_with_outlier_channels():
     assert awq_err < 0.6 * rtn_err
     s2 = search_scale(x, [w], 4, 64, False)
     assert torch.equal(s, s2)
+
+
+def test_token_weighting_ignores_sink_tokens():
+    """A token 100x the others' norm (Qwen's attention sink) must not decide an error measure."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 32, generator=g)
+    x[0] *= 100
+    assert torch.allclose(balance(x).pow(2).mean(-1), torch.ones(64), atol=1e-5)
+    noise = torch.randn(64, 32, generator=g) * 0.1
+    e = token_error(x + noise * x.norm(dim=-1, keepdim=True) / 32 ** 0.5, x)  # relative noise, same per token
+    assert e == pytest.approx(token_error(x[1:] + noise[1:] * x[1:].norm(dim=-1, keepdim=True) / 32 ** 0.5, x[1:]), rel=0.1)
+    y = x.clone()
+    y[0] *= 1.01  # a 1% error on the sink alone is 1% of one token, not most of the total
+    assert token_error(y, x) == pytest.approx(1e-4 / 64, rel=1e-3)
+
+
+def test_awq_search_never_worse_than_rtn_on_its_loss():
+    """s = 1 (plain RTN) is a candidate, so the chosen scales score no worse on the loss they were chosen by."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(512, 128, generator=g)
+    w = torch.randn(96, 128, generator=g)
+    w2 = torch.randn(64, 96, generator=g)
+    ref = torch.relu(x @ w.T) @ w2.T
+    loss = lambda q: token_error(torch.relu(x @ q.T) @ w2.T, ref)
+    s = search_scale(x, [w], 4, 32, False, loss=loss)
+    dq = torch.from_numpy(awq_quantize(w * s, None, 4, 32, False).dequantize()) / s
+    rtn = torch.from_numpy(rtn_quantize(w.numpy(), 4, 32).dequantize())
+    assert loss(dq) <= loss(rtn) + 1e-9
 
 
 def test_awq_clipping_never_worse_than_minmax():

@@ -21,9 +21,9 @@ import torch
 
 from ..errors import QwenEdgeError
 from ..spec import ModelSpec
-from .awq import awq_quantize, search_scale
+from .awq import awq_quantize, search_scale, token_error
 from .gptq import Hessian, gptq_quantize
-from .layer import LINEARS, DecoderLayer, rope_tables
+from .layer import LINEARS, DecoderLayer, rms_norm, rope_tables
 from .pack import NBits, QWeight, to_matmulnbits
 from .rtn import rtn_quantize
 
@@ -81,6 +81,8 @@ class Options:
     batch: int = 8  # samples per forward
     int8_layers: frozenset[int] = frozenset()  # decoder layers kept at 8 bits (mixed precision)
     awq_tokens: int = 2048  # token rows kept per linear for AWQ's scale search (512 of them for clipping)
+    awq_attn_tokens: int = 4096  # whole sequences (this many tokens) scoring AWQ's q/k/v scales
+    awq_mlp_tokens: int = 1024  # token rows scoring AWQ's gate/up scales by the MLP's output
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
@@ -89,7 +91,7 @@ class Result:
     linears: dict[str, NBits]  # exporter names, e.g. model.layers.3.self_attn.qkv_proj
     overrides: dict[str, np.ndarray]  # float weights changed by the method (AWQ's folded norm scales)
     seconds: float = 0.0
-    per_layer_error: list[float] = field(default_factory=list)  # relative output error of each layer
+    per_layer_error: list[float] = field(default_factory=list)  # each layer's RMS relative error per token
 
 
 class _Collector:
@@ -158,7 +160,7 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
                 q = {name: gptq_quantize(layer.w[name], col.hessians[name].H, lopts.bits, opts.group_size,
                                          opts.sym, opts.damp, opts.act_order) for name in LINEARS}
             else:
-                q = _awq_layer(layer, col, spec, lopts)
+                q = _awq_layer(layer, col, spec, lopts, h, cos, sin)
                 for key in ("input_layernorm", "post_attention_layernorm"):
                     result.overrides[layer.hf_name(key)] = layer.norm[key].numpy().copy()
             del col
@@ -167,7 +169,8 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
                 result.linears[f"model.layers.{i}.{name}"] = to_matmulnbits(q[name])
             for b0 in range(0, n, opts.batch):
                 out[b0:b0 + opts.batch] = layer.forward(h[b0:b0 + opts.batch], cos, sin)
-            result.per_layer_error.append(float((out - ref).norm() / ref.norm()))
+            # per token, so the attention-sink tokens (100x the others' norm) do not stand for the layer
+            result.per_layer_error.append(token_error(out, ref) ** 0.5)
             del ref, layer
             h, out = out, h
             if bar is not None:
@@ -179,17 +182,33 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
     return result
 
 
-def _awq_layer(layer: DecoderLayer, col: _Collector, spec: ModelSpec, opts: Options) -> dict[str, QWeight]:
+def _awq_layer(layer: DecoderLayer, col: _Collector, spec: ModelSpec, opts: Options, h: torch.Tensor,
+               cos: torch.Tensor, sin: torch.Tensor) -> dict[str, QWeight]:
     """Search and fold the scales (qkv <- input norm, gate_up <- post-attention norm, down <- up rows),
-    then clip-search and quantize each linear on inputs divided by the folded scales."""
+    then clip-search and quantize each linear on inputs divided by the folded scales.
+
+    q/k/v candidates are scored by the attention block's output on whole sequences (h: the layer's input,
+    a few samples), gate/up by the MLP's output on the token sample: what a weight error costs depends on
+    what follows it (softmax, SiLU), which the linears' own output error does not see.
+    """
     bits, bs, sym = opts.bits, opts.group_size, opts.sym
-    w, inter = layer.w, spec.intermediate_size
+    w, inter, eps = layer.w, spec.intermediate_size, spec.rms_norm_eps
     xs = {name: col.x(name) for name in LINEARS}
+    seqs = h[: max(1, min(len(h), opts.awq_attn_tokens // h.shape[1]))]
+    xa = rms_norm(seqs, layer.norm["input_layernorm"], eps)
+    ref_a = layer.attention(xa, cos, sin)
+    xm = xs["mlp.gate_up_proj"][: opts.awq_mlp_tokens]
+    ref_m = layer.mlp(xm)
+    losses = {
+        "self_attn.qkv_proj": lambda q: token_error(layer.attention(xa, cos, sin, qkv_w=q), ref_a),
+        "mlp.gate_up_proj": lambda q: token_error(layer.mlp(xm, gate_up_w=q), ref_m),
+    }
     for name, norm in (("self_attn.qkv_proj", "input_layernorm"), ("mlp.gate_up_proj", "post_attention_layernorm")):
-        s = search_scale(xs[name], [w[name]], bits, bs, sym)
+        s = search_scale(xs[name], [w[name]], bits, bs, sym, loss=losses[name])
         w[name] = w[name] * s
         layer.norm[norm] = layer.norm[norm] / s
         xs[name] = xs[name] / s
+    del xa, ref_a, xm, ref_m, losses
     s = search_scale(xs["mlp.down_proj"], [w["mlp.down_proj"]], bits, bs, sym)
     w["mlp.down_proj"] = w["mlp.down_proj"] * s
     gu = w["mlp.gate_up_proj"].clone()

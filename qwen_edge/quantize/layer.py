@@ -1,5 +1,5 @@
 """One Qwen2/Qwen3 decoder layer in fp32 torch, built from a Source's weights (checked against
-transformers in tests/test_quant_calibrate.py). Used by the layer-by-layer calibration: one layer's weights
+transformers in tests/test_quant_algos.py). Used by the layer-by-layer calibration: one layer's weights
 in memory at a time, and hooks that see the input of each linear (as the exporter packs them: qkv_proj,
 o_proj, gate_up_proj, down_proj).
 """
@@ -61,10 +61,10 @@ class DecoderLayer:
     def hf_name(self, key: str) -> str:
         return f"model.layers.{self.i}.{key}.weight"
 
-    def _lin(self, name: str, x: torch.Tensor, hook) -> torch.Tensor:
+    def _lin(self, name: str, x: torch.Tensor, hook, w: torch.Tensor | None = None) -> torch.Tensor:
         if hook is not None:
             hook(name, x)
-        y = x @ self.w[name].T
+        y = x @ (self.w[name] if w is None else w).T
         b = self.b.get(name)
         return y if b is None else y + b
 
@@ -72,10 +72,17 @@ class DecoderLayer:
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 hook: Callable[[str, torch.Tensor], None] | None = None) -> torch.Tensor:
         """h [B, S, hidden] -> [B, S, hidden]; positions 0..S-1, causal."""
+        eps = self.spec.rms_norm_eps
+        h = h + self.attention(rms_norm(h, self.norm["input_layernorm"], eps), cos, sin, hook)
+        return h + self.mlp(rms_norm(h, self.norm["post_attention_layernorm"], eps), hook)
+
+    def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, hook=None,
+                  qkv_w: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention block on normed input x [B, S, hidden], o_proj included; `qkv_w` replaces the
+        q/k/v weight (AWQ scores candidate quantizations by this block's output)."""
         s, eps = self.spec, self.spec.rms_norm_eps
-        bsz, n, _ = h.shape
-        x = rms_norm(h, self.norm["input_layernorm"], eps)
-        qkv = self._lin("self_attn.qkv_proj", x, hook)
+        bsz, n, _ = x.shape
+        qkv = self._lin("self_attn.qkv_proj", x, hook, qkv_w)
         qd, kd = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
         q, k, v = qkv.split([qd, kd, kd], dim=-1)
         q = q.view(bsz, n, s.num_heads, s.head_dim)
@@ -90,7 +97,9 @@ class DecoderLayer:
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=s.head_dim ** -0.5,
                                              enable_gqa=s.num_heads != s.num_kv_heads)
         att = att.transpose(1, 2).reshape(bsz, n, qd)
-        h = h + self._lin("self_attn.o_proj", att, hook)
-        x = rms_norm(h, self.norm["post_attention_layernorm"], eps)
-        gate, up = self._lin("mlp.gate_up_proj", x, hook).chunk(2, dim=-1)
-        return h + self._lin("mlp.down_proj", F.silu(gate) * up, hook)
+        return self._lin("self_attn.o_proj", att, hook)
+
+    def mlp(self, x: torch.Tensor, hook=None, gate_up_w: torch.Tensor | None = None) -> torch.Tensor:
+        """The MLP on normed input x [..., hidden]; `gate_up_w` replaces the gate/up weight."""
+        gate, up = self._lin("mlp.gate_up_proj", x, hook, gate_up_w).chunk(2, dim=-1)
+        return self._lin("mlp.down_proj", F.silu(gate) * up, hook)
