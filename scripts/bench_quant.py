@@ -26,6 +26,7 @@ VARIANTS = {
     "gptq4g32": dict(method="gptq", bits=4, group_size=32),
     "gptq4g128ao": dict(method="gptq", bits=4, group_size=128, act_order=True),
     "gptq4g32ao": dict(method="gptq", bits=4, group_size=32, act_order=True),
+    "gptq4g32e4": dict(method="gptq", bits=4, group_size=32, embed_bits=4),  # int4 embedding: under 469 MiB
     "awq4g128": dict(method="awq", bits=4, group_size=128),
     "awq4g32": dict(method="awq", bits=4, group_size=32),
     "gptq8g128": dict(method="gptq", bits=8, group_size=128),
@@ -80,12 +81,13 @@ def main() -> None:
         print(n, runs[n], file=sys.stderr, flush=True)
     windows = eval_windows(out / "fp32", args.windows, 512)
     rows = compare(out / "fp32", [out / n for n in names], windows)
-    print("| variant | method | bits | group | ppl | Δppl % | KL mean | KL p99 | top-1 % | size MB | quantize s | peak RSS MB |")
+    print("| variant | method | bits | group | ppl | Δppl % | KL mean | KL p99 | top-1 % | size MiB | quantize s | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n, r in zip(names, rows):
         v = VARIANTS[n]
-        size = sum(p.stat().st_size for p in (out / n).iterdir() if p.is_file()) / 1e6
-        rec = {"variant": n, **v, **r, "size_mb": size, **runs[n]}
+        # MiB, as llama.cpp and the issue report file sizes (its Q4_K_M "469 MB" is 491,400,064 bytes)
+        size = sum(p.stat().st_size for p in (out / n).iterdir() if p.is_file()) / 2**20
+        rec = {"variant": n, **v, **r, "size_mib": size, **runs[n]}
         print(json.dumps(rec), file=sys.stderr)
         print(f"| {n} | {v['method']} | {v['bits']} | {v['group_size']} | {r['ppl']:.3f} | "
               f"{100 * r['ppl_increase']:+.2f} | {r['kl_mean']:.4f} | {r['kl_p99']:.3f} | {100 * r['top1']:.1f} | "
