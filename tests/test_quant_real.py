@@ -47,9 +47,9 @@ def test_gptq_int4_beats_rtn_int4_and_awq_stays_near_it(results):
     # (a broken quantizer lands far above). Perplexity on 2k tokens is too noisy to rank GPTQ against RTN.
     assert r["gptq4"]["kl_mean"] < 0.8 * r["rtn4"]["kl_mean"]
     assert r["gptq4"]["ppl_increase"] < 0.12 and r["gptq4"]["top1"] > 0.8
-    # AWQ does not yet beat RTN on this model (measured KL ~1.1x RTN's; docs/benchmarks.md, issue 4 open):
-    # a regression gate only.
-    assert r["awq4"]["kl_mean"] < 1.5 * r["rtn4"]["kl_mean"] and r["awq4"]["ppl_increase"] < 0.3
+    # AWQ does not beat RTN on this model (measured KL 1.0x RTN's, perplexity worse; docs/benchmarks.md has
+    # the ablations): a regression gate only.
+    assert r["awq4"]["kl_mean"] < 1.15 * r["rtn4"]["kl_mean"] and r["awq4"]["ppl_increase"] < 0.3
     for m in ("gptq4", "awq4"):
         q = manifest(root / m)["quantization"]
         assert q["calibration"] == "enwiki" and q["samples"] == 16 and q["seq_len"] == 256, m
