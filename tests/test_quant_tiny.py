@@ -36,7 +36,7 @@ def dequantized_reference(src_folder, qfolder, out):
     from onnx import numpy_helper
 
     from qwen_edge.export.decoder import float_linear
-    from qwen_edge.quantize.pack import NBits, from_matmulnbits
+    from qwen_edge.pack import NBits, from_matmulnbits
     from qwen_edge.sources import open_source
     m = onnx.load(str(qfolder / "model.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
@@ -143,7 +143,7 @@ def test_checkpoint_round_trip_gives_identical_int4_weights(tiny, method, sym):
 
 def test_awq_gemm_checkpoint_imports(tiny, tmp_path):
     """An AutoAWQ GEMM folder (written here from our own codes) exports to the same MatMulNBits weights."""
-    from qwen_edge.quantize import pack as P
+    from qwen_edge import pack as P
     from qwen_edge.quantize.checkpoint import PARTS, write_safetensors
     from qwen_edge.quantize.rtn import rtn_quantize
     from qwen_edge.sources import open_source
@@ -269,7 +269,7 @@ def test_act_order_gptq_checkpoint_imports(tiny, tmp_path, shared):
     """auto-gptq desc_act layout: g_idx assigns input channels to groups out of order. The import gathers
     the input by the permutation; q/k/v (and gate/up) share one MatMulNBits when their permutations agree
     (shared=True, as auto-gptq writes them) and are split and concatenated otherwise."""
-    from qwen_edge.quantize import pack as P
+    from qwen_edge import pack as P
     from qwen_edge.quantize.checkpoint import PARTS, write_safetensors
     from qwen_edge.quantize.rtn import rtn_quantize
     from qwen_edge.sources import open_source

@@ -46,7 +46,7 @@ def float_linear(dtype: type) -> LinearFn:
 
 class FloatTokens:
     """The default `tokens` hook: a float embedding Gather and a Gemm LM head (a tied head reads the
-    embedding initializer itself, stored once). qwen_edge.quantize.ops.QuantTokens is the quantized one."""
+    embedding initializer itself, stored once). qwen_edge.export.nbits.QuantTokens is the quantized one."""
 
     def __init__(self, dtype: type):
         self.dtype, self._embed = dtype, None

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from .. import __version__
 from .. import artifact as A
-from ..errors import QwenEdgeError
-from ..sources import Source, dumps, open_source
+from ..errors import InputError, QwenEdgeError
+from ..outputs import Staged, check_target
+from ..sources import Source, dumps, local_paths, open_source
 from .decoder import LinearFn, build_decoder
 from .genai_config import genai_config
 from .graph import Graph
@@ -30,40 +29,14 @@ def context_limit(spec) -> int:
     return spec.max_position_embeddings
 
 
-def check_output(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise QwenEdgeError(f"output {out} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise QwenEdgeError(f"output {out} exists and is not a folder")
+def check_output(out: Path, force: bool, sources: Iterable[Path] = ()) -> None:
+    """Fail before any slow work when `out` may not be written (qwen_edge/outputs.py has the rules)."""
+    check_target(Path(out), force=force, is_ours=A.is_artifact, sources=sources)
 
 
-class staged_folder:
-    """Context manager: a temp folder beside `out`, renamed to `out` only if the block succeeds."""
-
-    def __init__(self, out: Path, force: bool):
-        self.out, self.force = out, force
-        self.tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-
-    def __enter__(self) -> Path:
-        check_output(self.out, self.force)
-        try:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp.mkdir()
-        except OSError as e:
-            raise QwenEdgeError(f"cannot write to {self.out.parent}: {e.strerror or e}") from None
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.out.exists():  # --force: swap in the new folder, then drop the old one
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+def staged_artifact(out: Path, force: bool, sources: Iterable[Path] = ()) -> Staged:
+    """A temp folder beside `out`, renamed to `out` only if the block succeeds."""
+    return Staged(out, force=force, is_ours=A.is_artifact, sources=sources)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -93,7 +66,7 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
     if not 1 <= max_length <= limit:
         raise QwenEdgeError(f"--max-length {max_length} is outside 1..{limit} (the model's context)")
     t0 = time.perf_counter()
-    with staged_folder(out, force) as tmp:
+    with staged_artifact(out, force, src.paths) as tmp:
         g = Graph(tmp / A.MODEL_DATA)
         step, close = _progress(spec.num_layers, f"export {dtype}", progress)
         try:
@@ -112,7 +85,7 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
         (tmp / A.GENAI).write_text(dumps(genai_config(spec, gen, max_length)))
         if extra_files is not None:
             extra_files(tmp)
-        files = {p.name: A.sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files, sizes = A.file_table(tmp)
         manifest = {
             "format": A.FORMAT, "format_version": A.FORMAT_VERSION, "tool": f"qwen-edge {__version__}",
             "source": src.origin, "model": spec.to_dict(), "dtype": dtype, "max_length": max_length,
@@ -121,7 +94,7 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
                                  "logits_to_keep (optional, default 0 = all positions)"],
                       "outputs": ["logits", "present.N.key", "present.N.value"],
                       "kv_cache": "shared past/present buffer of max_length (GroupQueryAttention)"},
-            "files": files,
+            "files": files, "sizes": sizes,
         }
         (tmp / A.MANIFEST).write_text(dumps(manifest))
     manifest["export_seconds"] = round(time.perf_counter() - t0, 2)
@@ -132,14 +105,14 @@ def export(source: str, out: str | Path, *, dtype: str = "fp32", max_length: int
            force: bool = False, revision: str | None = None, progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     if dtype not in DTYPES:
-        raise QwenEdgeError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
-    check_output(out, force)  # fail before any slow download or load
+        raise InputError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+    check_output(out, force, local_paths(source))  # fail before any slow download or load
     src = open_source(source, revision=revision)
     if src.quantization:  # a GPTQ/AWQ folder: its packed weights go straight into MatMulNBits
         if dtype != "fp32":
             raise QwenEdgeError("a quantized checkpoint exports with --dtype fp32 (MatMulNBits takes fp32 activations)")
-        from ..quantize.checkpoint import import_hooks
-        src, linear, tokens, info = import_hooks(src)
+        from .nbits import import_hooks
+        linear, tokens, info = import_hooks(src)
         return write_artifact(src, out, dtype=dtype, max_length=max_length, force=force, progress=progress,
                               linear=linear, tokens=tokens, quantization=info)
     return write_artifact(src, out, dtype=dtype, max_length=max_length, force=force, progress=progress)

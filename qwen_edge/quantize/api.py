@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QwenEdgeError
-from .pack import check_bits, check_block_size
+from ..pack import check_bits, check_block_size
 
 METHODS = ("rtn", "gptq", "awq")
 TOKEN_BITS = {"4": 4, "8": 8, "32": None, "fp32": None}
@@ -55,9 +55,11 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
              save_checkpoint: str | Path | None = None, force: bool = False, revision: str | None = None,
              progress: bool = True) -> dict[str, Any]:
     from ..export.writer import check_output, write_artifact
-    from ..sources import open_source
+    from ..outputs import check_target
+    from ..sources import local_paths, open_source
+    from .checkpoint import is_our_checkpoint
     from .calibrate import Options, calibrate, calibration_tokens, parse_layers, rtn_linears, sample_windows
-    from .ops import QuantTokens, nbits_linear
+    from ..export.nbits import QuantTokens, nbits_linear
     from .rtn import rtn_quantize
 
     out = Path(out)
@@ -70,9 +72,11 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise QwenEdgeError(f"--accuracy-level {accuracy_level} is outside 0..4")
     e_bits, h_bits = parse_token_bits(embed_bits, "embedding"), parse_token_bits(head_bits, "LM head")
-    check_output(out, force)
+    local = local_paths(source)
+    check_output(out, force, local)
     if save_checkpoint is not None:
-        check_output(Path(save_checkpoint), force)
+        check_target(Path(save_checkpoint), force=force, is_ours=is_our_checkpoint, sources=local + [out],
+                     what="checkpoint output")
     src = open_source(source, revision=revision)
     if src.quantization:
         raise QwenEdgeError(f"{source} is already a {src.quantization.get('quant_method', 'quantized')} "
@@ -128,5 +132,5 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
         manifest["per_layer_error"] = result.per_layer_error
     if save_checkpoint is not None:
         from .checkpoint import save_gptq_checkpoint
-        save_gptq_checkpoint(src, linears, Path(save_checkpoint), info, force=force)
+        save_gptq_checkpoint(src, linears, Path(save_checkpoint), info, force=force, sources=src.paths + [out])
     return manifest

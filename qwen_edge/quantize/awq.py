@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .pack import QWeight
+from ..pack import QWeight
 from .rtn import codes_from_params, fake_quant, grid, rtn_params, to_qweight
 
 

@@ -24,7 +24,7 @@ from ..spec import ModelSpec
 from .awq import awq_quantize, search_scale, token_error
 from .gptq import Hessian, gptq_quantize
 from .layer import LINEARS, DecoderLayer, rms_norm, rope_tables
-from .pack import NBits, QWeight, to_matmulnbits
+from ..pack import NBits, QWeight, to_matmulnbits
 from .rtn import rtn_quantize
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import QwenEdgeError
-from .pack import QWeight
+from ..pack import QWeight
 from .rtn import grid, grid_mse, rtn_params, to_qweight
 
 

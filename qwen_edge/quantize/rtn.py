@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .pack import QWeight, check_bits, check_block_size
+from ..pack import QWeight, rtn
 
 
 def grid(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +95,5 @@ def to_qweight(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
 
 
 def rtn_quantize(w: np.ndarray | torch.Tensor, bits: int, block_size: int, sym: bool = False) -> QWeight:
-    check_bits(bits)
-    check_block_size(block_size)
-    w = torch.as_tensor(np.asarray(w, dtype=np.float32))
-    s, z = rtn_params(w, bits, block_size, sym)
-    return to_qweight(codes_from_params(w, s, z, bits, block_size), s, z, bits, block_size, sym)
+    """The same grid as `rtn_params` / `codes_from_params`, in numpy (qwen_edge.pack.rtn)."""
+    return rtn(np.asarray(w, dtype=np.float32), bits, block_size, sym)

@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..export.graph import Graph
-from .pack import NBits, QWeight, pack_nibbles, to_matmulnbits
+from ..pack import NBits, QWeight, pack_nibbles, to_matmulnbits
+from .graph import Graph
 
 ACCURACY_LEVEL = 4
 
@@ -96,5 +96,50 @@ class QuantTokens:
 
 
 def _unpack_row_nibbles(packed: np.ndarray, n: int, nb: int) -> np.ndarray:
-    from .pack import unpack_nibbles
+    from ..pack import unpack_nibbles
     return unpack_nibbles(packed.reshape(n, -1), nb)
+
+
+# --- imported GPTQ/AWQ checkpoints (read by sources/checkpoint.py) --------------------------------------
+def checkpoint_linear(ckpt, accuracy_level: int = ACCURACY_LEVEL):
+    """A LinearFn on a checkpoint's packed codes: MatMulNBits, behind an input Gather for act-order.
+
+    Projections that share an input (q/k/v, gate/up) and a permutation, as auto-gptq's act-order gives them
+    (same Hessian), stay one packed MatMulNBits; otherwise each gets its own and the outputs are concatenated.
+    """
+    from ..sources.checkpoint import PARTS, concat_rows, split_name
+
+    def linear(g: Graph, x: str, name: str, _w: np.ndarray, b: np.ndarray | None) -> str:
+        layer, kind = split_name(name)
+        parts = [ckpt.qweight(f"{layer}.{p}") for p in PARTS[kind]]
+        perms = [p for _, p in parts]
+        if all(_same(perms[0], p) for p in perms[1:]):
+            groups = [(name, [w for w, _ in parts], perms[0])]
+        else:
+            groups = [(f"{name}.{i}", [w], p) for i, (w, p) in enumerate(parts)]
+        outs = []
+        for nm, ws, perm in groups:
+            xin = x if perm is None else g.op("Gather", [x, g.weight(f"{nm}.g_perm", perm.astype(np.int64))],
+                                              f"{nm}/ActOrderGather", axis=-1)
+            outs.append(matmul_nbits(g, xin, nm, to_matmulnbits(concat_rows(ws)), accuracy_level))
+        y = outs[0] if len(outs) == 1 else g.op("Concat", outs, f"{name}/Concat", axis=-1)
+        if b is not None:
+            y = g.op("Add", [y, g.weight(f"{name}.bias", b.astype(np.float32, copy=False))], f"{name}/Add")
+        return y
+    return linear
+
+
+def import_hooks(src) -> tuple[Callable, QuantTokens, dict]:
+    """(linear hook, tokens hook, manifest info) for a GPTQ/AWQ source: its codes as they are, and the float
+    embedding and head at int8 (RTN, block 128), as `qwen-edge quantize` stores them by default."""
+    from ..pack import rtn
+    ckpt = src.weights.ckpt
+    info = ckpt.info()
+    info.update(accuracy_level=ACCURACY_LEVEL, embedding={"bits": 8, "group_size": 128},
+                lm_head={"bits": 8, "group_size": 128})
+    tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), 8, 8, 128)
+    return checkpoint_linear(ckpt), tokens, info
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import QwenEdgeError
+from .errors import QwenEdgeError
 
 BITS = (4, 8)
 AWQ_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])
@@ -56,6 +56,36 @@ class QWeight:
         s = np.repeat(self.scales, self.block_size, axis=1)[:, :k]
         z = np.repeat(self.zero_codes().astype(np.float32), self.block_size, axis=1)[:, :k]
         return ((self.q.astype(np.float32) - z) * s).astype(np.float32)
+
+
+def rtn(w: np.ndarray, bits: int, block_size: int, sym: bool = False) -> QWeight:
+    """Round-to-nearest block quantization of w [N, K] (numpy; quantize/rtn.py documents the grid).
+
+    Asymmetric: per block [min(w, 0), max(w, 0)] onto 0 .. 2^bits - 1 with an integer zero point;
+    symmetric: max|w| / (2^(bits-1) - 1) around 2^(bits-1). Scales are rounded to float16 precision.
+    """
+    check_bits(bits)
+    check_block_size(block_size)
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    nb = -(-k // block_size)
+    wp = w if nb * block_size == k else np.concatenate([w, np.repeat(w[:, -1:], nb * block_size - k, 1)], 1)
+    wb = wp.reshape(n, nb, block_size)
+    maxq = (1 << bits) - 1
+    if sym:
+        half = 1 << (bits - 1)
+        scale = np.abs(wb).max(-1) / np.float32(half - 1)
+    else:
+        lo, hi = np.minimum(wb.min(-1), 0), np.maximum(wb.max(-1), 0)
+        scale = (hi - lo) / np.float32(maxq)
+    scale = np.where(scale > 0, scale, np.float32(1e-8)).astype(np.float16).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(6e-8)).astype(np.float32)  # fp16's smallest subnormal
+    zero = (np.full(scale.shape, half, np.float32) if sym
+            else np.clip(np.round(-lo / scale), 0, maxq).astype(np.float32))
+    codes = np.clip(np.round(w / np.repeat(scale, block_size, 1)[:, :k]) + np.repeat(zero, block_size, 1)[:, :k],
+                    0, maxq)
+    return QWeight(q=codes.astype(np.uint8), scales=scale, zeros=None if sym else zero.astype(np.uint8), bits=bits,
+                   block_size=block_size)
 
 
 def check_bits(bits: int) -> None:
