@@ -1,16 +1,24 @@
 """The artifact folder contract (docs/artifact.md): file names and the manifest, read and verified.
 
 Imported by the runtime, so it depends on the standard library only.
+
+Loading checks the folder against its manifest before anything runs: every listed file exists with its
+recorded size (always), and its sha256 matches (by default). Hashing reads every byte (about 1 GB/s here),
+so a successful full check leaves a stamp in the cache (`verified/`, keyed by the folder's real path)
+holding each file's size, mtime, ctime and inode; the next load with the same stamp skips the hashing.
+ctime cannot be set from user space, so any write to a file (even one that restores its mtime) voids it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
-from .errors import QwenEdgeError
+from .errors import ArtifactError
 
 FORMAT = "qwen-edge-artifact"
 FORMAT_VERSION = 1
@@ -19,6 +27,8 @@ MODEL = "model.onnx"
 MODEL_DATA = "model.onnx.data"
 GENERATION = "generation_config.json"
 GENAI = "genai_config.json"
+TOKENIZER = "tokenizer.json"
+REQUIRED = (MODEL, TOKENIZER)
 
 
 def sha256(path: Path) -> str:
@@ -29,22 +39,43 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_table(folder: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """(sha256 by name, size by name) of every file in `folder` but the manifest: what a manifest records."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != MANIFEST)
+    return {p.name: sha256(p) for p in files}, {p.name: p.stat().st_size for p in files}
+
+
+def is_artifact(folder: Path) -> bool:
+    """True for a folder holding a qwen-edge manifest (what --force may replace)."""
+    try:
+        m = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return Path(folder).is_dir() and isinstance(m, dict) and m.get("format") == FORMAT
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise QwenEdgeError(f"no such model folder: {folder}")
+        raise ArtifactError(f"no such model folder: {folder}")
     path = folder / MANIFEST
     if not path.is_file():
-        raise QwenEdgeError(f"{folder} is not a qwen-edge model folder (no {MANIFEST})")
+        raise ArtifactError(f"{folder} is not a qwen-edge model folder (no {MANIFEST})")
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise QwenEdgeError(f"cannot read {path}: {e}") from None
-    if m.get("format") != FORMAT:
-        raise QwenEdgeError(f"{path} is not a qwen-edge manifest")
-    if int(m.get("format_version", 0)) > FORMAT_VERSION:
-        raise QwenEdgeError(f"{folder} has artifact format {m.get('format_version')}; this qwen-edge reads "
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a qwen-edge manifest")
+    try:
+        version = int(m.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{path} has an invalid format_version") from None
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{folder} has artifact format {version}; this qwen-edge reads "
                             f"up to {FORMAT_VERSION}: upgrade qwen-edge")
+    if not isinstance(m.get("files"), dict) or not isinstance(m.get("model"), dict):
+        raise ArtifactError(f"{path} is damaged: it lists no files or no model")
     return m
 
 
@@ -53,8 +84,75 @@ def verify(folder: str | Path) -> list[str]:
     folder = Path(folder)
     m = read_manifest(folder)
     bad = []
-    for name, digest in m.get("files", {}).items():
+    for name, digest in m["files"].items():
         p = folder / name
         if not p.is_file() or sha256(p) != digest:
             bad.append(name)
     return bad
+
+
+def check(folder: str | Path, manifest: dict[str, Any] | None = None, *, verify: bool = True) -> dict[str, Any]:
+    """Raise ArtifactError naming the first damaged, missing or swapped file; returns what was done.
+
+    Sizes are always compared; with `verify` the content hashes too (skipped when a stamp from an earlier
+    full check still matches every file). Returns {"hashed": bool, "seconds": float}.
+    """
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    m = manifest if manifest is not None else read_manifest(folder)
+    files: dict[str, str] = m["files"]
+    sizes: dict[str, int] = m.get("sizes") or {}
+    for name in REQUIRED:
+        if name not in files:
+            raise ArtifactError(f"{folder} is damaged: its manifest does not list {name}")
+    stats = {}
+    for name in files:
+        p = folder / name
+        try:
+            st = p.stat()
+        except OSError:
+            raise ArtifactError(f"{folder} is damaged: {name} is missing (listed in {MANIFEST})") from None
+        if name in sizes and st.st_size != int(sizes[name]):
+            raise ArtifactError(f"{folder} is damaged: {name} has {st.st_size} bytes, its manifest says "
+                                f"{sizes[name]}; re-export the model")
+        stats[name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    if not verify:
+        return {"hashed": False, "seconds": time.perf_counter() - t0}
+    stamp_path = _stamp_path(folder)
+    key = {"files": files, "stats": stats}
+    if stamp_path is not None and _read_stamp(stamp_path) == key:
+        return {"hashed": False, "seconds": time.perf_counter() - t0}
+    for name, digest in files.items():
+        if sha256(folder / name) != digest:
+            raise ArtifactError(f"{folder} is damaged: {name} does not match its manifest (sha256); the file was "
+                                "changed or swapped: re-export the model (or pass --no-verify / verify=False)")
+    if stamp_path is not None:
+        _write_stamp(stamp_path, key)
+    return {"hashed": True, "seconds": time.perf_counter() - t0}
+
+
+def _stamp_path(folder: Path) -> Path | None:
+    from .cache import cache_dir
+    try:
+        real = str(folder.resolve())
+    except OSError:
+        return None
+    return cache_dir() / "verified" / (hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest() + ".json")
+
+
+def _read_stamp(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_stamp(path: Path, key: dict) -> None:
+    """Best effort: an unwritable cache only means the next load hashes again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(key), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass

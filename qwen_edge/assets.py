@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from qwen_edge.cache import cache_dir  # noqa: F401  (re-exported: assets.cache_dir)
 from qwen_edge.errors import QwenEdgeError
 
 _CHUNK = 1 << 20
@@ -64,12 +65,6 @@ class PipDownload(Protocol):
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def cache_dir() -> Path:
-    """`$QWEN_EDGE_CACHE`, else `~/.cache/qwen-edge`."""
-    env = os.environ.get("QWEN_EDGE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "qwen-edge"
 
 
 def sha256_file(path: Path) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .errors import QwenEdgeError
+from .errors import InputError, Interrupted, QwenEdgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Qwen dense models to fast, small, verified ONNX models for CPUs.")
@@ -68,6 +69,8 @@ def eval_(
     markdown: Optional[Path] = typer.Option(None, help="write a Markdown report here"),
     plot: Optional[Path] = typer.Option(None, help="write a PNG of perplexity (or KL) against size on disk"),
     threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = all cores)"),
+    force: bool = typer.Option(False, "--force", help="replace existing report / reference files (qwen-edge's own only)"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="check the models' sha256 against their manifests first"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
 ) -> None:
@@ -78,17 +81,18 @@ def eval_(
         from .eval.plot import require
         require()
     if update_baseline and baseline is None:
-        raise QwenEdgeError("--update-baseline needs --baseline FILE")
+        raise InputError("--update-baseline needs --baseline FILE")
+    outs = {"report": report, "junit": junit, "markdown": markdown, "plot": plot}
+    reports.check_outputs({k: v for k, v in outs.items() if v is not None}, force=force,
+                          sources=[Path(m) for m in models] + ([Path(reference)] if reference else []))
     rep = evaluate(EvalConfig(models=models, dataset=dataset, ctx=ctx, stride=stride, max_tokens=max_tokens,
                               reference=reference, save_reference=str(save_reference) if save_reference else None,
                               top_k=top_k, gates=gate, baseline=str(baseline) if baseline else None,
-                              update_baseline=update_baseline, progress=progress, threads=threads))
-    for path, write in ((report, reports.write_json), (junit, reports.write_junit), (markdown, reports.write_markdown)):
+                              update_baseline=update_baseline, progress=progress, threads=threads, force=force,
+                              verify=verify))
+    for kind, path in outs.items():
         if path is not None:
-            write(rep, path)
-    if plot is not None:
-        from .eval.plot import plot as draw
-        draw(rep, plot)
+            reports.write(kind, rep, path, force=force)
     _emit(rep, as_json, reports.summary_lines(rep))
     if not rep["passed"]:
         raise typer.Exit(1)
@@ -126,21 +130,28 @@ def run_(
     provider: str = typer.Option("cpu", help="execution provider: cpu, cuda, ... or an onnxruntime name"),
     max_length: Optional[int] = typer.Option(None, help="context length to allocate (default: the export's)"),
     truncate: bool = typer.Option(False, "--truncate", help="drop the oldest tokens of a prompt that is too long"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
     stats: bool = typer.Option(False, "--stats", help="print timings to stderr"),
     as_json: bool = typer.Option(False, "--json", help="print {text, tokens, finish_reason, timings} as JSON"),
 ) -> None:
     """Generate text, streamed as it comes, or chat (--chat) reading messages from stdin."""
     from .runtimes.cli_run import run_chat, run_prompt
+    from .runtimes.template import check_text, decode_utf8
     if prompt is None and not chat:
-        raise QwenEdgeError("give a prompt with -p TEXT (or -p - to read stdin), or use --chat")
+        raise InputError("give a prompt with -p TEXT (or -p - to read stdin), or use --chat")
     if prompt == "-":
-        prompt = sys.stdin.read()
+        prompt = decode_utf8(sys.stdin.buffer.read(), "stdin")
+    if prompt is not None:
+        check_text(prompt)
+    if system is not None:
+        check_text(system, "--system")
+    stops = [check_text(_unescape(s), "--stop") for s in stop] or None
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                   repetition_penalty=repetition_penalty, seed=seed, stop=[_unescape(s) for s in stop] or None,
-                   truncate=truncate)
-    load = dict(threads=threads, provider=provider, max_length=max_length)
+                   repetition_penalty=repetition_penalty, seed=seed, stop=stops, truncate=truncate)
+    load = dict(threads=threads, provider=provider, max_length=max_length, verify=verify)
     if chat:
-        run_chat(model, load, options, system=system, first=prompt, as_json=as_json, stats=stats)
+        if run_chat(model, load, options, system=system, first=prompt, as_json=as_json, stats=stats):
+            raise typer.Exit(2)  # some lines were refused (each said so on its own error: line)
     else:
         run_prompt(model, load, options, prompt=prompt, system=system, raw=raw, as_json=as_json, stats=stats)
 
@@ -155,12 +166,13 @@ def bench_(
     threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = all cores)"),
     provider: str = typer.Option("cpu", help="execution provider"),
     prefill_chunk: int = typer.Option(256, help="prompt tokens per forward pass"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """Time to first token, prefill and decode tokens/s, peak RSS and size on disk."""
     from .runtimes.bench import bench, summary_lines
     r = bench(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup,
-              threads=threads, provider=provider, prefill_chunk=prefill_chunk,
+              threads=threads, provider=provider, prefill_chunk=prefill_chunk, verify=verify,
               progress=lambda i, n: print(f"\rrun {i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True))
     _emit(r, as_json, summary_lines(r))
 
@@ -207,15 +219,44 @@ def quantize_(
                              f"(group {q['group_size']}) to {output}: {size / 1e6:.0f} MB in {m['quantize_seconds']:.1f} s"])
 
 
-def main() -> None:
+def _on_signal(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command. Exit codes: 0 done, 1 an eval gate failed, 2 bad input (one `error:` line),
+    130 Ctrl-C, 128 + N signal N (SIGTERM, SIGHUP): staged outputs are removed on every way out."""
+    for name in ("SIGTERM", "SIGHUP"):  # like Ctrl-C: unwind, so `with Staged(...)` cleans up
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _on_signal)
     try:
-        app()
+        rv = app(args=argv, prog_name="qwen-edge", standalone_mode=False)
     except QwenEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        _fail(str(e))
+    except _ClickException as e:  # usage errors: one line instead of click's usage block
+        ctx = getattr(e, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _fail(f"{e.format_message()}{where}")
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Interrupted as e:
+        print(f"terminated by signal {e.signum}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except BrokenPipeError:  # stdout closed early (| head): nothing more to say
+        sys.stderr.close()
+        sys.exit(141)
+    if isinstance(rv, int) and rv:
+        sys.exit(rv)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {' '.join(message.split()) if chr(10) in message else message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# click's base exception, wherever this Typer keeps click (vendored as typer._click in newer releases)
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,14 @@ def _rope_from_config(cfg: dict[str, Any]) -> RopeSpec:
     )
 
 
+def _int(cfg: dict[str, Any], key: str) -> int:
+    """A config integer: a JSON integer (or an integral number), never a bool or a string."""
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+        raise QwenEdgeError(f"config.json: {key} must be an integer, got {v!r}")
+    return int(v)
+
+
 def spec_from_hf_config(cfg: dict[str, Any]) -> ModelSpec:
     """Build and validate a spec from a Hugging Face config.json dict (4.x or 5.x layout)."""
     model_type = cfg.get("model_type")
@@ -132,19 +140,21 @@ def spec_from_hf_config(cfg: dict[str, Any]) -> ModelSpec:
     if isinstance(text, dict):  # some 5.x configs nest the text model
         cfg = {**cfg, **text}
     try:
-        hidden = int(cfg["hidden_size"])
-        heads = int(cfg["num_attention_heads"])
+        hidden = _int(cfg, "hidden_size")
+        heads = _int(cfg, "num_attention_heads")
+        if heads <= 0:
+            raise QwenEdgeError(f"invalid model config: num_attention_heads must be positive, got {heads}")
         spec = ModelSpec(
             model_type=model_type,
-            vocab_size=int(cfg["vocab_size"]),
+            vocab_size=_int(cfg, "vocab_size"),
             hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_layers=int(cfg["num_hidden_layers"]),
+            intermediate_size=_int(cfg, "intermediate_size"),
+            num_layers=_int(cfg, "num_hidden_layers"),
             num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            num_kv_heads=_int(cfg, "num_key_value_heads") if cfg.get("num_key_value_heads") else heads,
+            head_dim=_int(cfg, "head_dim") if cfg.get("head_dim") else hidden // heads,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
+            max_position_embeddings=_int({"max_position_embeddings": 32768, **cfg}, "max_position_embeddings"),
             rope=_rope_from_config(cfg),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             # Qwen2 always has q/k/v biases; Qwen3 declares them with attention_bias (off in released models).

@@ -154,6 +154,6 @@ def test_datasets(tmp_path, monkeypatch):
 
 
 def test_report_json_is_versioned(tmp_path):
-    reports.write_json(_report(True), tmp_path / "r.json")
+    reports.write("report", _report(True), tmp_path / "r.json")
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["schema"] == "qwen-edge-eval-report" and r["schema_version"] == 1

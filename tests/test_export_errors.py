@@ -83,11 +83,16 @@ def test_existing_output_needs_force(tmp_path, tiny):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert_clean_error(cli("export", tiny, "-o", out), "already exists; pass --force")
+    # --force never replaces a folder qwen-edge did not write
+    assert_clean_error(cli("export", tiny, "-o", out, "--force"), "is a folder qwen-edge did not write")
     assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty folder may be replaced
+    assert cli("export", tiny, "-o", out, "--force").returncode == 0
+    (out / "extra.txt").write_text("ours now")  # an artifact of ours is replaced whole
     r = cli("export", tiny, "-o", out, "--force", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["layers"] == 2
-    assert not (out / "keep.txt").exists() and (out / "qwen_edge.json").is_file()
+    assert not (out / "extra.txt").exists() and (out / "qwen_edge.json").is_file()
     assert not leftovers(tmp_path, "out")
 
 

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qwen_edge.errors import QwenEdgeError
-from qwen_edge.quantize import pack as P
+from qwen_edge import pack as P
 from qwen_edge.quantize.rtn import rtn_quantize
 
 SIZES = [(37, 96, 32), (37, 100, 32), (5, 40, 16), (64, 256, 128), (24, 224, 32)]  # 224/32 = 7 blocks

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QwenEdgeError
+from ..outputs import Staged
 
 SCHEMA = "qwen-edge-eval-baseline"
 SCHEMA_VERSION = 1
@@ -48,7 +49,17 @@ def write(path: str | Path, run: dict[str, Any], models: dict[str, dict[str, Any
     entries = dict((old or {}).get("models", {})) if old and old.get("run", {}).get("tokens_sha256") == run["tokens_sha256"] else {}
     entries.update({m: {k: v[k] for k in KEPT if k in v} for m, v in models.items()})
     data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run": keep, "models": entries}
+    # --update-baseline asked for this rewrite; it still replaces only a baseline file (or creates one)
+    with Staged(path, force=True, is_ours=_is_baseline, kind="file", what="--baseline file") as tmp:
+        try:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise QwenEdgeError(f"cannot write baseline {path}: {e.strerror or e}") from None
+
+
+def _is_baseline(path: Path) -> bool:
     try:
-        Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    except OSError as e:
-        raise QwenEdgeError(f"cannot write baseline {path}: {e.strerror or e}") from None
+        load(path)
+        return True
+    except QwenEdgeError:
+        return False

@@ -19,9 +19,10 @@ def folder_size(folder: Path) -> int:
 
 
 class OnnxLM:
-    def __init__(self, folder: str | Path, threads: int = 0):
+    def __init__(self, folder: str | Path, threads: int = 0, verify: bool = True):
         self.folder = Path(folder)
         self.manifest = A.read_manifest(self.folder)  # missing folder / not an artifact: QwenEdgeError
+        A.check(self.folder, self.manifest, verify=verify)  # a damaged or swapped file: scored never
         tok_path = self.folder / "tokenizer.json"
         for p in (self.folder / A.MODEL, tok_path):
             if not p.is_file():

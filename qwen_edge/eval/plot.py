@@ -8,6 +8,8 @@ from typing import Any
 
 from ..errors import QwenEdgeError
 
+SIGNATURE = "qwen-edge eval"  # in the PNG's tEXt chunk: how --force knows the file is ours
+
 
 def require() -> None:
     """Fails up front, before any model runs, when matplotlib is missing."""
@@ -40,9 +42,14 @@ def plot(rep: dict[str, Any], path: str | Path) -> None:
         ax.set_title(f"{rep['dataset']['name']}: window {m['ctx']}, stride {m['stride']}")
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(str(path), format="png")
+        fig.savefig(str(path), format="png", metadata={"Software": SIGNATURE})
     except OSError as e:
         raise QwenEdgeError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
+
+
+def is_ours(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return head.startswith(b"\x89PNG") and SIGNATURE.encode() in head

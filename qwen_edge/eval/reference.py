@@ -4,6 +4,7 @@ mass, the target's log-prob) with what it belongs to: dataset tokens, window pla
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QwenEdgeError
+from ..outputs import Staged, check_target
 from .score import Compact
 
 SCHEMA = "qwen-edge-eval-reference"
@@ -30,18 +32,31 @@ class Reference:
     source: str = ""      # where it came from, for messages
 
 
-def save(ref: Reference, path: str | Path) -> Path:
+def is_reference(path: Path) -> bool:
+    """A file that --save-reference wrote (what --force may replace)."""
+    try:
+        load(path)
+        return True
+    except QwenEdgeError:
+        return False
+
+
+def check_output(path: str | Path, *, force: bool, sources: list[Path]) -> None:
+    check_target(Path(path), force=force, is_ours=is_reference, sources=sources, what="--save-reference file")
+
+
+def save(ref: Reference, path: str | Path, *, force: bool = False) -> Path:
     path = Path(path)
     meta = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **ref.meta}
     c = ref.compact
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:  # a file object keeps the name as given (np.savez would append .npz)
-            np.savez_compressed(f, ids=c.ids.astype(np.int32), logp=c.logp.astype(np.float32),
-                                rest=c.rest.astype(np.float32), nll=c.nll.astype(np.float32),
-                                meta=np.array(json.dumps(meta, sort_keys=True)))
-    except OSError as e:
-        raise QwenEdgeError(f"cannot write {path}: {e.strerror or e}") from None
+    with Staged(path, force=force, is_ours=is_reference, kind="file", what="--save-reference file") as tmp:
+        try:
+            with open(tmp, "wb") as f:  # a file object keeps the name as given (np.savez would append .npz)
+                np.savez_compressed(f, ids=c.ids.astype(np.int32), logp=c.logp.astype(np.float32),
+                                    rest=c.rest.astype(np.float32), nll=c.nll.astype(np.float32),
+                                    meta=np.array(json.dumps(meta, sort_keys=True)))
+        except OSError as e:
+            raise QwenEdgeError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
 
@@ -53,7 +68,7 @@ def load(path: str | Path) -> Reference:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             arrays = {k: z[k] for k in _ARRAYS}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError) as e:
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, EOFError, zipfile.BadZipFile) as e:
         raise QwenEdgeError(f"{path} is not a qwen-edge reference file ({type(e).__name__})") from None
     if meta.get("schema") != SCHEMA:
         raise QwenEdgeError(f"{path} is not a qwen-edge reference file")

@@ -9,14 +9,57 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QwenEdgeError
+from ..outputs import Staged, check_target
 
 
-def _write(path: str | Path, text: str) -> None:
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise QwenEdgeError(f"cannot write {path}: {e.strerror or e}") from None
+def _head(path: Path, n: int = 4096) -> str:
+    with open(path, "rb") as f:
+        return f.read(n).decode("utf-8", "replace")
+
+
+def _json_is_ours(path: Path) -> bool:
+    return json.loads(Path(path).read_text(encoding="utf-8")).get("schema") == "qwen-edge-eval-report"
+
+
+def _plot_is_ours(path: Path) -> bool:
+    from .plot import is_ours
+    return is_ours(path)
+
+
+# what --force may replace: a file of the same kind that this command wrote
+IS_OURS = {
+    "report": _json_is_ours,
+    "junit": lambda p: _head(p).startswith("<?xml") and '<testsuite name="qwen-edge eval"' in _head(p),
+    "markdown": lambda p: _head(p).startswith("## qwen-edge eval"),
+    "plot": _plot_is_ours,
+}
+OPTION = {"report": "--report", "junit": "--junit", "markdown": "--markdown", "plot": "--plot"}
+
+
+def check_outputs(paths: dict[str, Path], *, force: bool, sources: list[Path]) -> None:
+    """Before any scoring: every report path may be written, and no two are the same file."""
+    seen: dict[Path, str] = {}
+    for kind, path in paths.items():
+        real = Path(path).resolve()
+        if real in seen:
+            raise QwenEdgeError(f"{OPTION[kind]} and {OPTION[seen[real]]} name the same file {path}")
+        seen[real] = kind
+        check_target(Path(path), force=force, is_ours=IS_OURS[kind], sources=sources, what=f"{OPTION[kind]} file")
+
+
+def write(kind: str, rep: dict[str, Any], path: str | Path, *, force: bool = False) -> None:
+    """Write one report (staged, renamed into place): kind is report, junit, markdown or plot."""
+    with Staged(path, force=force, is_ours=IS_OURS[kind], kind="file", what=f"{OPTION[kind]} file") as tmp:
+        if kind == "plot":
+            from .plot import plot
+            plot(rep, tmp)
+        else:
+            text = {"report": lambda r: json.dumps(r, indent=2, sort_keys=True) + "\n", "junit": junit,
+                    "markdown": markdown}[kind](rep)
+            try:
+                tmp.write_text(text, encoding="utf-8")
+            except OSError as e:
+                raise QwenEdgeError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -39,9 +82,6 @@ def summary_lines(rep: dict[str, Any]) -> list[str]:
         lines.append(f"{'PASS' if g['passed'] else 'FAIL'} {g['model']}: {g['gate']}: {g['message']}")
     return lines
 
-
-def write_json(rep: dict[str, Any], path: str | Path) -> None:
-    _write(path, json.dumps(rep, indent=2, sort_keys=True) + "\n")
 
 
 def junit(rep: dict[str, Any]) -> str:
@@ -71,10 +111,6 @@ def junit(rep: dict[str, Any]) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_junit(rep: dict[str, Any], path: str | Path) -> None:
-    _write(path, junit(rep))
-
-
 def markdown(rep: dict[str, Any]) -> str:
     m = rep["method"]
     has_ref = any("kl_mean" in r["metrics"] for r in rep["models"])
@@ -100,6 +136,3 @@ def markdown(rep: dict[str, Any]) -> str:
             out.append(f"| {'✅' if g['passed'] else '❌'} | `{g['model']}` | `{g['gate']}` | {g['message']} |")
     return "\n".join(out) + "\n"
 
-
-def write_markdown(rep: dict[str, Any], path: str | Path) -> None:
-    _write(path, markdown(rep))

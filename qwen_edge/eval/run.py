@@ -40,6 +40,8 @@ class EvalConfig:
     update_baseline: bool = False
     progress: bool = True
     threads: int = 0
+    force: bool = False  # replace an existing --save-reference file (one of ours)
+    verify: bool = True  # check each artifact's files against its manifest before scoring
 
 
 def _labels(models: list[OnnxLM]) -> list[str]:
@@ -82,13 +84,20 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise QwenEdgeError("--save-reference takes exactly one model (the reference model)")
     if not 1 <= cfg.top_k <= 1024:
         raise QwenEdgeError(f"--top-k must be between 1 and 1024 (got {cfg.top_k})")
+    if cfg.ctx is not None and cfg.ctx < 2:
+        raise QwenEdgeError(f"--ctx must be at least 2 (got {cfg.ctx})")
+    if cfg.stride is not None and cfg.stride < 1:
+        raise QwenEdgeError(f"--stride must be at least 1 (got {cfg.stride})")
     gates = G.parse_all(cfg.gates, reference=cfg.reference is not None, baseline=cfg.baseline is not None)
-    lms = [OnnxLM(m, cfg.threads) for m in cfg.models]
+    if cfg.save_reference:
+        R.check_output(cfg.save_reference, force=cfg.force,
+                       sources=[Path(m) for m in cfg.models] + ([Path(cfg.reference)] if cfg.reference else []))
+    lms = [OnnxLM(m, cfg.threads, verify=cfg.verify) for m in cfg.models]
     ref_lm: Optional[OnnxLM] = None
     saved: Optional[R.Reference] = None
     if cfg.reference is not None:
         if Path(cfg.reference).is_dir():
-            ref_lm = OnnxLM(cfg.reference, cfg.threads)
+            ref_lm = OnnxLM(cfg.reference, cfg.threads, verify=cfg.verify)
         else:
             saved = R.load(cfg.reference)
     need_baseline = any(G.METRICS[g.metric].needs == "baseline" for g in gates)
@@ -165,7 +174,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             if st.seconds else None, "metrics": metrics})
         if cfg.save_reference:
             R.save(R.Reference(st.compact, {**info, "vocab_size": lm.vocab_size, "top_k": cfg.top_k,
-                                            "model": str(lm.folder)}), cfg.save_reference)
+                                            "model": str(lm.folder)}), cfg.save_reference, force=cfg.force)
             print(f"saved reference ({info['n_scored']} tokens, top-{cfg.top_k}) to {cfg.save_reference}",
                   file=sys.stderr)
 

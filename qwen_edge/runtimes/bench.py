@@ -51,14 +51,14 @@ def _int(name: str, v: Any, lo: int) -> int:
 
 def bench(folder: str | Path, *, prompt_tokens: int = 512, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
           threads: int = 0, provider: str = "cpu", arena: bool = True, spin: bool = True,
-          prefill_chunk: int = 256, progress: Any = None) -> dict[str, Any]:
+          prefill_chunk: int = 256, progress: Any = None, verify: bool = True) -> dict[str, Any]:
     from .model import Model
     _int("prompt_tokens", prompt_tokens, 1)
     _int("new_tokens", new_tokens, 2)
     _int("runs", runs, 1)
     _int("warmup", warmup, 0)
     t = time.perf_counter()
-    model = Model.load(folder, threads=threads, provider=provider, arena=arena, spin=spin,
+    model = Model.load(folder, threads=threads, provider=provider, arena=arena, spin=spin, verify=verify,
                        prefill_chunk=prefill_chunk)
     load_s = time.perf_counter() - t
     if prompt_tokens + new_tokens > model.max_length:

@@ -9,6 +9,7 @@ longest common token prefix, which is free with an in-place cache.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -33,6 +34,7 @@ class Chat:
         self.runner = model.new_runner()  # this chat's own cache, for its lifetime
         self.last: Result | None = None  # the last turn's result
         self._busy = False
+        self._lock = threading.Lock()  # one turn at a time, also across threads
 
     @property
     def tokens(self) -> list[int]:
@@ -40,6 +42,8 @@ class Chat:
         return self.runner.history.tolist()
 
     def reset(self, system: str | None = None) -> None:
+        if self._busy:
+            raise QwenEdgeError("the previous reply is still streaming: finish or close it first")
         self.messages = [{"role": "system", "content": system}] if system is not None else []
         self.runner.reset()
 
@@ -49,9 +53,22 @@ class Chat:
         return s.read()
 
     def send(self, content: str, **options: Any) -> TextStream:
-        """Send a user message; iterate the returned stream for the reply (added to `messages` when done)."""
-        if self._busy:
-            raise QwenEdgeError("the previous reply is still streaming: finish or close it first")
+        """Send a user message; iterate the returned stream for the reply (added to `messages` when done).
+
+        A Chat holds one conversation: a second send while a reply streams (from any thread) is an error,
+        so no reply is ever recorded that its caller did not receive.
+        """
+        with self._lock:  # check-and-set in one step: two threads cannot both start a turn
+            if self._busy:
+                raise QwenEdgeError("the previous reply is still streaming: finish or close it first")
+            self._busy = True
+        try:
+            return self._send(content, options)
+        except BaseException:
+            self._busy = False
+            raise
+
+    def _send(self, content: str, options: dict[str, Any]) -> TextStream:
         if not isinstance(content, str):
             raise QwenEdgeError(f"a chat message is a string, got {type(content).__name__}")
         _check_options(options)
@@ -69,11 +86,9 @@ class Chat:
             self.last = stream.result
             self.messages = messages + [{"role": "assistant", "content": stream.result.text}]
 
-        stream = TextStream(self.runner, Sampler(params), self.model.tokenizer, max_new_tokens=max_new,
-                            stop_ids=self.model.stop_token_ids, stops=opts.get("stop"),
-                            ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done)
-        self._busy = True
-        return stream
+        return TextStream(self.runner, Sampler(params), self.model.tokenizer, max_new_tokens=max_new,
+                          stop_ids=self.model.stop_token_ids, stops=opts.get("stop"),
+                          ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done)
 
     # ------------------------------------------------------------------ internals
     def _new_ids(self, text: str) -> tuple[int, list[int]]:

@@ -26,31 +26,45 @@ def run_prompt(folder: Path, load: dict[str, Any], options: dict[str, Any], *, p
 
 
 def run_chat(folder: Path, load: dict[str, Any], options: dict[str, Any], *, system: str | None,
-             first: str | None, as_json: bool, stats: bool) -> None:
-    """One user message per stdin line; /reset starts over, /exit (or end of input) quits."""
+             first: str | None, as_json: bool, stats: bool) -> bool:
+    """One user message per stdin line; /reset starts over, /exit (or end of input) quits.
+
+    A line that cannot be sent (invalid UTF-8, a conversation that no longer fits) prints one `error:`
+    line and the chat goes on; returns True when that happened (the command then exits with 2).
+    """
+    from ..errors import QwenEdgeError
     from .model import Model
+    from .template import decode_utf8
     model = Model.load(folder, **load)
     chat = model.chat(system=system, **{k: v for k, v in options.items() if v is not None})
     tty = sys.stdin.isatty()
     pending = [first] if first else []
+    refused = False
+    n = 0
     while True:
-        if pending:
-            line = pending.pop()
-        else:
-            if tty:
-                print("> ", end="", file=sys.stderr, flush=True)
-            line = sys.stdin.readline()
-            if not line:
+        try:
+            if pending:
+                line = pending.pop()
+            else:
+                if tty:
+                    print("> ", end="", file=sys.stderr, flush=True)
+                raw = sys.stdin.buffer.readline()
+                if not raw:
+                    break
+                n += 1
+                line = decode_utf8(raw, f"line {n}").rstrip("\r\n")
+            if not line.strip():
+                continue
+            if line.strip() in ("/exit", "/quit"):
                 break
-            line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        if line.strip() in ("/exit", "/quit"):
-            break
-        if line.strip() == "/reset":
-            chat.reset(system)
-            continue
-        _show(chat.send(line), as_json, stats)
+            if line.strip() == "/reset":
+                chat.reset(system)
+                continue
+            _show(chat.send(line), as_json, stats)
+        except QwenEdgeError as e:
+            print(f"error: {e} (not sent; the chat goes on)", file=sys.stderr, flush=True)
+            refused = True
+    return refused
 
 
 def _show(stream: TextStream, as_json: bool, stats: bool) -> Result:

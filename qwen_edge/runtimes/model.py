@@ -21,12 +21,12 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 
 from .. import artifact as A
-from ..errors import QwenEdgeError
+from ..errors import ArtifactError, InputError, QwenEdgeError
 from .generate import Result, TextStream, check_max_new_tokens
 from .kv import Runner
 from .sampler import Sampler, SamplingParams
 from .session import SessionConfig, open_session
-from .template import ChatTemplate, load_template
+from .template import ChatTemplate, check_text, load_template
 
 Prompt = Union[str, Sequence[Mapping[str, Any]], Sequence[int], np.ndarray]
 
@@ -35,9 +35,12 @@ DEFAULT_MAX_NEW_TOKENS = 512
 
 class Model:
     def __init__(self, folder: str | Path, *, threads: int = 0, provider: str = "cpu", max_length: int | None = None,
-                 arena: bool = True, spin: bool = True, prefill_chunk: int = 256, use_jinja: bool | None = None):
+                 arena: bool = True, spin: bool = True, prefill_chunk: int = 256, use_jinja: bool | None = None,
+                 verify: bool = True):
         self.folder = Path(folder)
         self.manifest = A.read_manifest(self.folder)
+        # Damaged or swapped files fail here, naming the file, not later as garbage text (artifact.py).
+        self.verified = A.check(self.folder, self.manifest, verify=verify)
         self.spec = self.manifest["model"]
         limit = int(self.manifest["max_length"])
         if max_length is None:
@@ -62,12 +65,15 @@ class Model:
     def load(cls, folder: str | Path, **kwargs: Any) -> Model:
         """Load an artifact folder. Options: threads (0 = all cores), provider ("cpu", "cuda", ... or
         an onnxruntime provider name), max_length (a shorter context: a smaller KV cache), arena,
-        spin, prefill_chunk, use_jinja (None: the template's Jinja when jinja2 is importable)."""
+        spin, prefill_chunk, use_jinja (None: the template's Jinja when jinja2 is importable),
+        verify (True: check every file's sha256 against the manifest first; sizes are always checked)."""
         return cls(folder, **kwargs)
 
     # ------------------------------------------------------------------ text
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        if not isinstance(text, str):
+            raise InputError(f"text to encode must be a string, got {type(text).__name__}")
+        return self.tokenizer.encode(check_text(text, "the text"), add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -80,7 +86,7 @@ class Model:
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
-            return self.encode(prompt)
+            return self.encode(check_text(prompt))
         if isinstance(prompt, np.ndarray):
             prompt = prompt.reshape(-1).tolist()
         if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
@@ -217,14 +223,20 @@ def _tokenizer(folder: Path) -> Any:
     from tokenizers import Tokenizer
     path = folder / "tokenizer.json"
     if not path.is_file():
-        raise QwenEdgeError(f"{folder} has no tokenizer.json")
-    return Tokenizer.from_file(str(path))
+        raise ArtifactError(f"{folder} has no tokenizer.json")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises bare Exceptions on a damaged file
+        raise ArtifactError(f"{folder} is damaged: tokenizer.json does not load ({str(e).strip()[:120]})") from None
 
 
 def _json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise QwenEdgeError(f"cannot read {path}: {e}") from None
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{path} is not a JSON object")
+    return d

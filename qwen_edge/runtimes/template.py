@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import QwenEdgeError
+from ..errors import InputError, QwenEdgeError
 
 # A literal default system turn inside the template source, e.g.
 # {{- '<|im_start|>system\nYou are Qwen, ...<|im_end|>\n' }}  (\n is a Jinja string escape there)
@@ -77,6 +77,29 @@ class ChatTemplate:
         return "".join(out)
 
 
+def check_text(text: str, what: str = "the prompt") -> str:
+    """`text` if it is valid Unicode; a clear error for undecodable bytes.
+
+    Python hands undecodable argv / stdin bytes over as lone surrogates (U+DC80..U+DCFF); tokenizers
+    cannot encode them. They are refused, not replaced: a silently altered prompt is a wrong answer.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        ch = ord(text[e.start])
+        byte = f"byte 0x{ch - 0xDC00:02x}" if 0xDC80 <= ch <= 0xDCFF else f"U+{ch:04X}"
+        raise InputError(f"{what} is not valid UTF-8 ({byte} at character {e.start})") from None
+    return text
+
+
+def decode_utf8(data: bytes, what: str) -> str:
+    """Bytes from stdin or a socket as text; invalid UTF-8 is an error naming the offset."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
 def _check(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise QwenEdgeError("messages must be a list of {'role': ..., 'content': ...} dicts")
@@ -89,6 +112,8 @@ def _check(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
         content = m.get("content")
         if content is not None and not isinstance(content, str):
             raise QwenEdgeError(f"chat message content must be a string, got {type(content).__name__}")
+        if content is not None:
+            check_text(content, f"a {m['role']} message")
         out.append(dict(m))
     return out
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import QwenEdgeError
+from ..errors import QwenEdgeError, SourceError
 from ..spec import ModelSpec, RopeSpec
+from .gguf_header import TensorInfo, read_header
 
 _BLOCK = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -30,6 +31,7 @@ _BLOCK = {
 }
 _TOP = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
         "output_norm.weight": "model.norm.weight"}
+_IGNORED = {"rope_freqs.weight"}  # derived from the RoPE metadata, which the graph uses instead
 
 
 def _hf_name(name: str) -> str | None:
@@ -43,36 +45,19 @@ def _hf_name(name: str) -> str | None:
 
 class GGUFSource:
     def __init__(self, path: Path):
-        try:
-            from gguf import GGUFReader
-        except ImportError:
-            raise QwenEdgeError("reading GGUF needs the 'gguf' package: pip install 'qwen-edge[export]'") from None
         self.path = Path(path)
-        with open(self.path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise QwenEdgeError(f"{self.path.name} is not a GGUF file (bad magic)")
-        try:
-            self._reader = GGUFReader(str(self.path))
-        except Exception as e:  # the reader raises assorted errors on damaged files
-            raise QwenEdgeError(f"corrupt or truncated GGUF file {self.path.name}: {type(e).__name__}: {e}") from None
-        size = self.path.stat().st_size
-        self._tensors = {}
-        for t in self._reader.tensors:
-            if int(t.data_offset) + int(t.n_bytes) > size:
-                raise QwenEdgeError(f"corrupt or truncated GGUF file {self.path.name}: tensor {t.name} "
-                                    "ends past the end of the file")
+        self._meta, infos = read_header(self.path)  # bounded: a damaged file is one SourceError
+        self._tensors: dict[str, TensorInfo] = {}
+        self.unknown: list[str] = []  # tensors no Qwen dense model has
+        for t in infos.values():
             hf = _hf_name(t.name)
             if hf is not None:
                 self._tensors[hf] = t
+            elif t.name not in _IGNORED:
+                self.unknown.append(t.name)
 
     def meta(self, key: str, default: Any = None) -> Any:
-        f = self._reader.fields.get(key)
-        if f is None:
-            return default
-        try:
-            return f.contents()
-        except Exception:
-            return default
+        return self._meta.get(key, default)
 
     # --- spec --------------------------------------------------------------------------------------
     def spec(self) -> ModelSpec:
@@ -82,11 +67,16 @@ class GGUFSource:
             raise _refuse(str(arch))
         a = lambda k, d=None: self.meta(f"{arch}.{k}", d)  # noqa: E731
         if a("rope.freq_base") is None:
-            raise QwenEdgeError(f"{self.path.name} has no {arch}.rope.freq_base: refusing to guess the RoPE base")
+            raise SourceError(f"{self.path.name} has no {arch}.rope.freq_base: refusing to guess the RoPE base")
+        for key in ("embedding_length", "attention.head_count", "feed_forward_length", "block_count"):
+            if not isinstance(a(key), int) or isinstance(a(key), bool):
+                raise SourceError(f"{self.path.name}: metadata {arch}.{key} is missing or not an integer")
         hidden, heads = int(a("embedding_length")), int(a("attention.head_count"))
+        if heads <= 0:
+            raise SourceError(f"{self.path.name}: {arch}.attention.head_count must be positive")
         emb = self._tensors.get("model.embed_tokens.weight")
         if emb is None:
-            raise QwenEdgeError(f"{self.path.name} has no token_embd.weight tensor")
+            raise SourceError(f"{self.path.name} has no token_embd.weight tensor")
         scaling = a("rope.scaling.type", "none")
         if scaling in (None, "none"):
             rope = RopeSpec(theta=float(a("rope.freq_base")))
@@ -97,7 +87,7 @@ class GGUFSource:
             raise QwenEdgeError(f"unsupported RoPE scaling '{scaling}' in {self.path.name}")
         return ModelSpec(
             model_type=arch,
-            vocab_size=int(emb.shape[1]),
+            vocab_size=int(emb.shape[0]),
             hidden_size=hidden,
             intermediate_size=int(a("feed_forward_length")),
             num_layers=int(a("block_count")),
@@ -119,22 +109,31 @@ class GGUFSource:
     def __contains__(self, name: str) -> bool:
         return name in self._tensors
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._info(name).shape
+
+    def _info(self, name: str) -> TensorInfo:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise SourceError(f"{self.path.name} is missing tensor for {name!r}") from None
+
     def get(self, name: str) -> np.ndarray:
         from gguf.quants import dequantize
-        try:
-            t = self._tensors[name]
-        except KeyError:
-            raise QwenEdgeError(f"{self.path.name} is missing tensor for {name!r}") from None
-        # numpy shape is the reverse of GGUF's ne order, i.e. already [out, in] like PyTorch.
-        shape = [int(d) for d in reversed(t.shape)]
-        rows = t.data.reshape(shape[0], -1) if len(shape) > 1 else t.data.reshape(1, -1)
-        out = np.empty((rows.shape[0], int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else shape[0]),
-                       dtype=np.float32)
+        t = self._info(name)
+        shape = t.shape  # numpy order: already [out, in] like PyTorch
+        n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(t.nbytes,))
+        rows = data.reshape(n_rows, -1)
+        out = np.empty((n_rows, shape[-1]), dtype=np.float32)
         # Dequantize in row blocks: the library's temporaries are several times the block, so a whole
         # embedding matrix at once would need a few extra copies of it.
         step = max(1, (1 << 24) // max(1, out.shape[1]))
-        for r in range(0, rows.shape[0], step):
-            out[r:r + step] = dequantize(np.asarray(rows[r:r + step]), t.tensor_type).reshape(-1, out.shape[1])
+        try:
+            for r in range(0, n_rows, step):
+                out[r:r + step] = dequantize(np.asarray(rows[r:r + step]), t.type).reshape(-1, out.shape[1])
+        except (NotImplementedError, ValueError) as e:
+            raise SourceError(f"{self.path.name}: cannot dequantize {t.name}: {e}") from None
         return out.reshape(shape)
 
     # --- tokenizer and generation defaults --------------------------------------------------------
@@ -158,9 +157,13 @@ class GGUFSource:
             raise QwenEdgeError("converting a GGUF tokenizer needs transformers: pip install 'qwen-edge[export]'") from None
         import contextlib
         import io
-        with contextlib.redirect_stderr(io.StringIO()):
-            tok = AutoTokenizer.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
-        tok.save_pretrained(str(dest))
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                tok = AutoTokenizer.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
+            tok.save_pretrained(str(dest))
+        except Exception as e:  # transformers' converter raises assorted errors on odd vocabularies
+            raise SourceError(f"{self.path.name}: its tokenizer cannot be converted "
+                              f"({type(e).__name__}: {str(e).strip()[:160]})") from None
         tc_path = dest / "tokenizer_config.json"
         tc = json.loads(tc_path.read_text(encoding="utf-8"))
         if "chat_template" not in tc and self.meta("tokenizer.chat_template"):

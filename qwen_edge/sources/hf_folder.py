@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import QwenEdgeError
+from ..errors import QwenEdgeError, SourceError
 from ..spec import ModelSpec, spec_from_hf_config
 from .safetensors_file import SafetensorsFile
 
@@ -64,6 +64,8 @@ def load_hf_folder(folder: Path) -> tuple[ModelSpec, dict, HFFolderWeights]:
     if not cfg_path.is_file():
         raise QwenEdgeError(f"{folder} has no config.json: not a Hugging Face model folder")
     cfg = read_json(cfg_path)
+    if not isinstance(cfg, dict):
+        raise SourceError(f"{cfg_path} is not a JSON object")
     spec = spec_from_hf_config(cfg)
     return spec, cfg, HFFolderWeights(folder)
 
