@@ -225,7 +225,8 @@ class Staged:
         self._mkdir_parents()
         try:
             self._lock.acquire()
-            self._clean_stale()
+            if self._clean_stale():  # a replaced output came back: the rules again, now under the lock
+                check_target(self.out, force=self.force, is_ours=self.is_ours, sources=self.sources, what=self.what)
             if self.kind == "folder":
                 self.tmp.mkdir()
         except OSError as e:
@@ -294,14 +295,18 @@ class Staged:
                 raise OutputError(f"cannot create {d}: {e.strerror or e}") from None
             self._made.append(d)
 
-    def _clean_stale(self) -> None:
-        """Leftovers of killed writers of this output (we hold its lock, so none of them is running)."""
+    def _clean_stale(self) -> bool:
+        """Remove leftovers of killed writers of this output (we hold its lock, so none of them is running);
+        True when an output that a killed --force writer had moved aside was put back."""
         pat = re.compile(rf"^\.{re.escape(self.out.name)}\.(partial|old)-(\d+)$")
+        restored = False
         for p in self.out.parent.iterdir():
             m = pat.match(p.name)
             if not m or int(m.group(2)) == os.getpid():
                 continue
             if m.group(1) == "old" and not os.path.lexists(self.out):
                 os.rename(p, self.out)  # killed mid-swap: the replaced output comes back
+                restored = True
             else:
                 _remove(p)
+        return restored

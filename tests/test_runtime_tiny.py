@@ -274,3 +274,31 @@ def test_chat_rewinds_after_a_stop_string(model):
     ids = model.prompt_ids(c.messages[:-1])
     assert c.tokens[: len(ids)] == ids  # the cache rewound to what the template renders
     assert c.last.timings.cached_tokens < before
+
+
+def test_one_chat_from_two_threads_records_only_replies_that_were_received(model):
+    """Two threads race to send on one Chat: a turn either runs (its caller gets the reply, which is then
+    recorded) or fails with 'still streaming'; the history never holds a reply nobody received."""
+    import threading
+    chat = model.chat(max_new_tokens=4, temperature=0.0)
+    received, refused = [], []
+    for _ in range(20):
+        gate = threading.Barrier(2)
+
+        def turn(i):
+            gate.wait()
+            try:
+                received.append(chat.say(f"turn {i}"))
+            except QwenEdgeError as e:
+                assert "still streaming" in str(e)
+                refused.append(i)
+        ts = [threading.Thread(target=turn, args=(i,)) for i in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    replies = [m["content"] for m in chat.messages if m["role"] == "assistant"]
+    assert len(replies) == len(received) and sorted(replies) == sorted(received)
+    assert len(received) + len(refused) == 40
+    users = [m for m in chat.messages if m["role"] == "user"]
+    assert len(users) == len(replies)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import QwenEdgeError
+from ..errors import OutputError, QwenEdgeError
 from ..pack import check_bits, check_block_size
 
 METHODS = ("rtn", "gptq", "awq")
@@ -36,13 +36,16 @@ def parse_token_bits(value: str | int | None, what: str) -> int | None:
     return TOKEN_BITS[key]
 
 
-def validate(method: str, bits: int, group_size: int, calibration: str, damp: float) -> None:
+def validate(method: str, bits: int, group_size: int, calibration: str, damp: float, samples: int = 1,
+             seq_len: int = 2) -> None:
     if method not in METHODS:
         raise QwenEdgeError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     check_bits(bits)
     check_block_size(group_size)
     if not 0 < damp < 1:
         raise QwenEdgeError(f"--damp {damp} is outside (0, 1)")
+    if samples < 1 or seq_len < 2:
+        raise QwenEdgeError("--samples must be >= 1 and --seq-len >= 2")
     if method != "rtn" and calibration != "enwiki" and not Path(calibration).is_file():
         raise QwenEdgeError(f"calibration must be 'enwiki' or a text file; no such file: {calibration}")
 
@@ -55,7 +58,7 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
              save_checkpoint: str | Path | None = None, force: bool = False, revision: str | None = None,
              progress: bool = True) -> dict[str, Any]:
     from ..export.writer import check_output, write_artifact
-    from ..outputs import check_target
+    from ..outputs import check_target, overlaps
     from ..sources import local_paths, open_source
     from .checkpoint import is_our_checkpoint
     from .calibrate import Options, calibrate, calibration_tokens, parse_layers, rtn_linears, sample_windows
@@ -63,7 +66,7 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     from .rtn import rtn_quantize
 
     out = Path(out)
-    validate(method, bits, group_size, calibration, damp)
+    validate(method, bits, group_size, calibration, damp, samples, seq_len)
     check_block_size(token_group_size)
     if accuracy_level is None:
         # int4: int8 activations (the fast CPU kernel; its error is small next to int4's). int8 is chosen for
@@ -75,7 +78,9 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     local = local_paths(source)
     check_output(out, force, local)
     if save_checkpoint is not None:
-        check_target(Path(save_checkpoint), force=force, is_ours=is_our_checkpoint, sources=local + [out],
+        if overlaps(Path(save_checkpoint), out):
+            raise OutputError(f"--save-checkpoint {save_checkpoint} and -o {out} overlap: give two separate folders")
+        check_target(Path(save_checkpoint), force=force, is_ours=is_our_checkpoint, sources=local,
                      what="checkpoint output")
     src = open_source(source, revision=revision)
     if src.quantization:
@@ -132,5 +137,5 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
         manifest["per_layer_error"] = result.per_layer_error
     if save_checkpoint is not None:
         from .checkpoint import save_gptq_checkpoint
-        save_gptq_checkpoint(src, linears, Path(save_checkpoint), info, force=force, sources=src.paths + [out])
+        save_gptq_checkpoint(src, linears, Path(save_checkpoint), info, force=force, sources=src.paths)
     return manifest

@@ -219,9 +219,11 @@ def _distribution(logits: np.ndarray, params: SamplingParams,
         if ids.size > k:  # HF keeps every logit >= the k-th largest (ties included)
             keep = v >= np.partition(v, ids.size - k)[ids.size - k]
             ids, v = ids[keep], v[keep]
-        w = np.exp((v - v.max()) * inv_t)  # temperature is monotone: same top-k either way
+        with np.errstate(over="ignore"):  # a tiny temperature sends the tail to -inf: weight 0, as meant
+            w = np.exp((v - v.max()) * inv_t)  # temperature is monotone: same top-k either way
     else:
-        ids, w = None, np.exp((x - x.max()) * inv_t)
+        with np.errstate(over="ignore"):
+            ids, w = None, np.exp((x - x.max()) * inv_t)
     # Weights are exp(logit - max): the max weight is exactly 1, which both filters use.
     if params.top_p < 1.0:
         sel = _nucleus(w, params.top_p)

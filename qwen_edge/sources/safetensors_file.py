@@ -19,6 +19,10 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.in
            "I8": np.int8, "U8": np.uint8, "I16": np.int16, "F64": np.float64}
 
 
+def _uint(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 class SafetensorsFile:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -41,14 +45,20 @@ class SafetensorsFile:
         self._base = 8 + n
         self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, e in header.items():
-            try:
-                dtype, shape, (start, end) = e["dtype"], tuple(int(s) for s in e["shape"]), e["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise QwenEdgeError(f"{bad}: bad entry for tensor {name!r}") from None
-            if dtype not in _DTYPES:
-                raise QwenEdgeError(f"{self.path.name}: tensor {name!r} has unsupported dtype {dtype}")
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
-            if end - start != nbytes or start < 0 or self._base + end > size:
+            if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
+                raise QwenEdgeError(f"{bad}: bad entry for tensor {name!r}")
+            dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
+            if not isinstance(dtype, str) or dtype not in _DTYPES:
+                raise QwenEdgeError(f"{self.path.name}: tensor {name!r} has unsupported dtype {dtype!r}")
+            if not isinstance(shape, list) or not all(_uint(d) for d in shape) or \
+                    not isinstance(offsets, list) or len(offsets) != 2 or not all(_uint(o) for o in offsets):
+                raise QwenEdgeError(f"{bad}: bad shape or offsets for tensor {name!r}")
+            shape, (start, end) = tuple(shape), offsets
+            n = 1
+            for d in shape:  # Python ints: no overflow on absurd shapes
+                n *= d
+            nbytes = n * np.dtype(_DTYPES[dtype]).itemsize
+            if end - start != nbytes or self._base + end > size:
                 raise QwenEdgeError(f"{bad}: tensor {name!r} lies outside the file or has the wrong size")
             self._entries[name] = (dtype, shape, start, end)
 

@@ -76,7 +76,7 @@ def check_tensors(spec: ModelSpec, weights: Any, where: str, unknown: Iterable[s
     extra = sorted(n for n in have - set(want) if not IGNORABLE.search(n) and n not in optional) + sorted(unknown)
     if extra:
         layer = next((n for n in extra if n.startswith("model.layers.")), None)
-        why = (f"the config says {spec.num_layers} layers" if layer else "no Qwen dense model uses it")
+        why = (f"the config's num_hidden_layers is {spec.num_layers}" if layer else "no Qwen dense model uses it")
         raise SourceError(f"{where} has tensor {extra[0]} that would be left unused ({why}); "
                           f"{len(extra)} such tensor(s)")
     for name in optional & have:
