@@ -313,3 +313,21 @@ def test_from_defaults():
     assert SamplingParams.from_defaults(None) == SamplingParams()
     with pytest.raises(QwenEdgeError):
         SamplingParams.from_defaults({"top_p": 0})
+
+
+def test_frequency_and_presence_penalties_follow_openai():
+    """logit[t] -= frequency_penalty * count(t) + presence_penalty * (count(t) > 0), over generated ids."""
+    from qwen_edge.runtimes.sampler import probs
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(50).astype(np.float32)
+    gen = np.array([4, 4, 4, 9, 17, 17])
+    p = probs(x, SamplingParams(temperature=1.0, frequency_penalty=0.5, presence_penalty=0.25), None, gen)
+    want = x.astype(np.float64).copy()
+    for t, c in ((4, 3), (9, 1), (17, 2)):
+        want[t] -= 0.5 * c + 0.25
+    want = np.exp(want - want.max())
+    np.testing.assert_allclose(p, want / want.sum(), rtol=1e-5)
+    assert np.allclose(probs(x, SamplingParams(frequency_penalty=0.5), None, None), probs(x, SamplingParams()))
+    for bad in (dict(frequency_penalty=2.5), dict(presence_penalty=-3), dict(presence_penalty="x")):
+        with pytest.raises(QwenEdgeError):
+            SamplingParams(**bad)

@@ -19,7 +19,8 @@ from ..errors import QwenEdgeError
 from .generate import Result, TextStream, check_max_new_tokens
 from .sampler import Sampler
 
-_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
+_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+             "presence_penalty", "seed")
 _OPTIONS = ("max_new_tokens", "stop", "truncate", "ignore_eos") + _SAMPLING
 
 

@@ -31,6 +31,7 @@ class Timings:
     run_s: float = 0.0  # inside onnxruntime during the decode steps
     sample_s: float = 0.0
     detok_s: float = 0.0  # streaming detokenizer and stop strings
+    cancelled: bool = False  # stopped by the caller's cancel()
 
     @property
     def prefill_tps(self) -> float:
@@ -57,16 +58,20 @@ class Result:
 
 
 def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_ids: frozenset[int],
-               ignore_eos: bool = False, timings: Timings, t0: float) -> Iterator[int]:
+               ignore_eos: bool = False, timings: Timings, t0: float,
+               cancel: Callable[[], bool] | None = None) -> Iterator[int]:
     """Run the runner's pending ids, then sample up to max_new_tokens ids, each fed back in place.
 
-    Stops after an end token (unless ignore_eos), max_new_tokens ids or a full context. The last
-    sampled id stays pending (not fed): a chat's next turn feeds it with its own tokens. Fills `timings`.
+    Stops after an end token (unless ignore_eos), max_new_tokens ids, a full context or when `cancel()`
+    turns true (checked before every forward pass: a server stops within one token of a disconnect).
+    The last sampled id stays pending (not fed): a chat's next turn feeds it with its own tokens.
+    Fills `timings`.
     """
-    penalty = sampler.params.repetition_penalty != 1.0
+    penalty = sampler.needs_history
     argmax = sampler.params.greedy and not penalty  # the sampler's greedy path, minus its overhead
     timings.cached_tokens = runner.length
     timings.prompt_tokens = runner.n - runner.length
+    start = runner.n  # ids from here on are this call's output
     t = time.perf_counter()
     logits = runner.forward()
     timings.prefill_s = time.perf_counter() - t
@@ -77,7 +82,8 @@ def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_id
     try:
         for i in range(max_new_tokens):
             ts = time.perf_counter()
-            tok = int(logits.argmax()) if argmax else sample(logits, runner.history if penalty else None)
+            tok = int(logits.argmax()) if argmax else (
+                sample(logits, runner.history, runner.history[start:]) if penalty else sample(logits))
             sample_s += time.perf_counter() - ts
             push(tok)
             timings.new_tokens = i + 1
@@ -85,6 +91,9 @@ def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_id
                 timings.ttft_s = time.perf_counter() - t0
             yield tok
             if (tok in stop_ids and not ignore_eos) or i + 1 == max_new_tokens or runner.free == 0:
+                return
+            if cancel is not None and cancel():
+                timings.cancelled = True
                 return
             logits = forward()
     finally:
@@ -100,7 +109,8 @@ class TextStream:
 
     def __init__(self, runner: Runner, sampler: Sampler, tokenizer: Any, *, max_new_tokens: int,
                  stop_ids: frozenset[int], stops: Sequence[str] | None = None, ignore_eos: bool = False,
-                 t0: float | None = None, on_done: Callable[[TextStream], None] | None = None):
+                 t0: float | None = None, on_done: Callable[[TextStream], None] | None = None,
+                 cancel: Callable[[], bool] | None = None):
         self.result = Result()
         self._t0 = time.perf_counter() if t0 is None else t0
         if ignore_eos:
@@ -111,7 +121,7 @@ class TextStream:
         self._on_done = on_done
         self.runner = runner
         self._tokens = token_loop(runner, sampler, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                                  ignore_eos=ignore_eos, timings=self.result.timings, t0=self._t0)
+                                  ignore_eos=ignore_eos, timings=self.result.timings, t0=self._t0, cancel=cancel)
         self._pieces = self._run()
         self.done = False
 
@@ -169,7 +179,8 @@ class TextStream:
                     break
             else:
                 last = res.tokens[-1] if res.tokens else None
-                reason = "eos" if last is not None and last in self._stop_ids else "length"
+                reason = ("cancelled" if tm.cancelled else
+                          "eos" if last is not None and last in self._stop_ids else "length")
             if reason != "stop":
                 ts = time.perf_counter()
                 tail, stopped = self._matcher.put(self._decoder.flush())

@@ -109,6 +109,7 @@ class Model:
     def stream(self, prompt: Prompt, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
+               frequency_penalty: float | None = None, presence_penalty: float | None = None,
                stop: Sequence[str] | None = None, truncate: bool = False, ignore_eos: bool = False) -> TextStream:
         """Generate, yielding text pieces as they are complete; `.result` has text, tokens and timings.
 
@@ -118,7 +119,8 @@ class Model:
         t0 = time.perf_counter()
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         params = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                               repetition_penalty=repetition_penalty, seed=seed)
+                               repetition_penalty=repetition_penalty, seed=seed,
+                               frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
         ids = self.fit(self.prompt_ids(prompt), max_new_tokens, truncate)
         runner = self._acquire()
         try:

@@ -45,7 +45,9 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     min_p: float = 0.0  # 0.0 = off
-    repetition_penalty: float = 1.0  # 1.0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off (HF: seen tokens' logits divided / multiplied)
+    frequency_penalty: float = 0.0  # OpenAI: minus this x each generated token's count so far
+    presence_penalty: float = 0.0  # OpenAI: minus this once for each token generated so far
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -68,6 +70,10 @@ class SamplingParams:
             raise QwenEdgeError(
                 f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty!r}"
             )
+        for name in ("frequency_penalty", "presence_penalty"):
+            v = _real(name, getattr(self, name))
+            if not -2.0 <= v <= 2.0:
+                raise QwenEdgeError(f"{name} must be between -2 and 2, got {getattr(self, name)!r}")
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0
         ):
@@ -88,6 +94,8 @@ class SamplingParams:
         min_p: float | None = None,
         repetition_penalty: float | None = None,
         seed: int | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
     ) -> SamplingParams:
         """Model defaults from a HF ``generation_config.json`` dict, then user overrides.
 
@@ -98,13 +106,15 @@ class SamplingParams:
         """
         cfg = generation_config or {}
         values: dict[str, Any] = {}
-        for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+        for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+                    "presence_penalty"):
             if cfg.get(key) is not None:
                 values[key] = cfg[key]
         if cfg.get("do_sample") is False:
             values["temperature"] = 0.0
         user = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                    repetition_penalty=repetition_penalty, seed=seed)
+                    repetition_penalty=repetition_penalty, seed=seed, frequency_penalty=frequency_penalty,
+                    presence_penalty=presence_penalty)
         values.update({k: v for k, v in user.items() if v is not None})
         return cls(**values)
 
@@ -130,6 +140,16 @@ def _penalize(logits: np.ndarray, history: np.ndarray | None, penalty: float) ->
     out = logits.copy()
     seen = out[ids]
     out[ids] = np.where(seen > 0, seen / penalty, seen * penalty)
+    return out
+
+
+def _additive(logits: np.ndarray, generated: np.ndarray | None, frequency: float, presence: float) -> np.ndarray:
+    """OpenAI's penalties over the tokens generated so far: logit -= frequency * count + presence."""
+    if (frequency == 0.0 and presence == 0.0) or generated is None or len(generated) == 0:
+        return logits
+    ids, counts = np.unique(np.asarray(generated, dtype=np.int64).reshape(-1), return_counts=True)
+    out = logits.copy()
+    out[ids] -= np.float32(frequency) * counts.astype(np.float32) + np.float32(presence)
     return out
 
 
@@ -203,10 +223,13 @@ def _nucleus(w: np.ndarray, top_p: float) -> np.ndarray:
     return np.flatnonzero(w >= cut)
 
 
-def _distribution(logits: np.ndarray, params: SamplingParams,
-                  history: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
-    """Token ids (None = the whole vocab, in order) and their unnormalized float32 weights."""
+def _distribution(logits: np.ndarray, params: SamplingParams, history: np.ndarray | None,
+                  generated: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Token ids (None = the whole vocab, in order) and their unnormalized float32 weights.
+
+    history: every id so far (repetition penalty); generated: the ids this call generated (OpenAI's)."""
     x = _penalize(_as_logits(logits), history, params.repetition_penalty)
+    x = _additive(x, generated, params.frequency_penalty, params.presence_penalty)
     n = x.size
     if params.greedy:
         return np.array([int(np.argmax(x))]), np.ones(1, np.float32)
@@ -266,9 +289,10 @@ def _pick(cum: np.ndarray, target: float, w: np.ndarray) -> int:
     return int(np.flatnonzero(w)[-1])
 
 
-def probs(logits: np.ndarray, params: SamplingParams, history: np.ndarray | None = None) -> np.ndarray:
+def probs(logits: np.ndarray, params: SamplingParams, history: np.ndarray | None = None,
+          generated: np.ndarray | None = None) -> np.ndarray:
     """The final distribution ``Sampler.sample`` draws from, over the whole vocab (float64)."""
-    ids, w = _distribution(logits, params, history)
+    ids, w = _distribution(logits, params, history, generated)
     w = np.asarray(w, dtype=np.float64)
     if ids is None:
         return w / w.sum()
@@ -284,9 +308,16 @@ class Sampler:
         self.params = params or SamplingParams()
         self.rng = np.random.default_rng(self.params.seed)
 
-    def sample(self, logits: np.ndarray, history: np.ndarray | None = None) -> int:
-        """Next token id from ``logits`` [vocab]; ``history`` = ids for the repetition penalty."""
-        ids, w = _distribution(logits, self.params, history)
+    @property
+    def needs_history(self) -> bool:
+        p = self.params
+        return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+
+    def sample(self, logits: np.ndarray, history: np.ndarray | None = None,
+               generated: np.ndarray | None = None) -> int:
+        """Next token id from ``logits`` [vocab]; ``history`` = every id so far (repetition penalty),
+        ``generated`` = the ids generated by this call (frequency / presence penalties)."""
+        ids, w = _distribution(logits, self.params, history, generated)
         if self.params.greedy:
             return int(ids[0])  # no random draw, so greedy never advances the rng
         j = _draw(w, float(self.rng.random()))
