@@ -35,14 +35,15 @@ def export(
     dtype: str = typer.Option("fp32", help="fp32 or fp16"),
     max_length: Optional[int] = typer.Option(None, help="context length (default: the model's)"),
     revision: Optional[str] = typer.Option(None, help="hub revision (branch, tag or commit)"),
-    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    tie_embeddings: str = typer.Option("off", help="store an embedding and LM head that are one matrix stored twice once: off, auto (when they agree), on"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder (one qwen-edge wrote)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar per layer on stderr"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest summary as JSON"),
 ) -> None:
     """Export a model to ONNX with an in-place KV cache."""
     from .export.writer import export as run_export
     m = run_export(source, output, dtype=dtype, max_length=max_length, force=force, revision=revision,
-                   progress=progress)
+                   progress=progress, tie_embeddings=tie_embeddings)
     size = sum((output / n).stat().st_size for n in m["files"])
     summary = {"output": str(output), "dtype": m["dtype"], "max_length": m["max_length"],
                "model_type": m["model"]["model_type"], "layers": m["model"]["num_layers"],
@@ -181,42 +182,90 @@ def bench_(
 def quantize_(
     source: str = typer.Argument(..., help="HF folder, hub id (org/name) or .gguf file"),
     output: Path = typer.Option(..., "-o", "--output", help="artifact folder to write"),
+    target_size: Optional[str] = typer.Option(None, help="size budget of the whole folder, e.g. 410MiB: each tensor gets the format that costs the least accuracy within it"),
+    bpw: Optional[float] = typer.Option(None, help="budget in bits per weight (linears and tables as stored)"),
+    target_kl: Optional[float] = typer.Option(None, help="the smallest plan whose predicted KL (nats/token) is at most this"),
+    recipe: Optional[Path] = typer.Option(None, help="replay a plan: a recipe.json from an earlier quantize (editable)"),
     method: str = typer.Option("gptq", help="rtn, gptq or awq"),
-    bits: int = typer.Option(4, help="4 or 8"),
-    group_size: int = typer.Option(128, help="input channels per quantization block (32, 64, 128)"),
+    bits: int = typer.Option(4, help="4 or 8 (the uniform plan)"),
+    group_size: int = typer.Option(32, help="input channels per quantization block (16..256, uniform plan)"),
     sym: bool = typer.Option(False, "--sym/--asym", help="symmetric (no zero points) or asymmetric"),
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal"),
     damp: float = typer.Option(0.01, help="GPTQ: damping, a fraction of the mean Hessian diagonal"),
+    refit: bool = typer.Option(True, "--refit/--no-refit", help="GPTQ: refit group scales by least squares under the Hessian"),
+    float_target: bool = typer.Option(False, "--float-target/--no-float-target", help="GPTQ: fit the float model's outputs from the quantized model's inputs (corrects upstream error)"),
     calibration: str = typer.Option("enwiki", help="'enwiki' or a UTF-8 text file"),
     samples: int = typer.Option(128, help="calibration samples"),
     seq_len: int = typer.Option(512, help="tokens per calibration sample"),
+    sensitivity_samples: int = typer.Option(16, help="calibration windows for the per-tensor sensitivity (with a target)"),
     seed: int = typer.Option(0, help="seed for choosing the calibration samples"),
-    embed_bits: str = typer.Option("8", help="embedding precision: 8, 4 or fp32"),
-    head_bits: str = typer.Option("8", help="LM head precision: 8, 4 or fp32"),
-    token_group_size: int = typer.Option(128, help="block size of the embedding and LM head"),
-    accuracy_level: Optional[int] = typer.Option(None, help="MatMulNBits accuracy_level: 4 = int8 activations (the fast CPU path; default for --bits 4), 0 = fp32 activations (default for --bits 8)"),
+    tie_embeddings: str = typer.Option("auto", help="store the embedding and LM head once: auto (when the source's two copies agree), on, off"),
+    embed_bits: str = typer.Option("8", help="embedding precision: 8, 4 or fp32 (uniform plan)"),
+    head_bits: str = typer.Option("8", help="LM head precision: 8, 4 or fp32 (uniform plan)"),
+    token_group_size: int = typer.Option(128, help="block size of the embedding and LM head (uniform plan)"),
+    accuracy_level: int = typer.Option(4, help="MatMulNBits accuracy_level: 4 = int8 activations per block (the fast CPU path, for int4 and int8), 0 = fp32 activations (int8 is ~40x slower)"),
     max_length: Optional[int] = typer.Option(None, help="context length (default: the model's)"),
-    int8_layers: Optional[str] = typer.Option(None, help="int4 only: decoder layers kept at 8 bits, e.g. 0,1,-1 (mixed precision)"),
+    int8_layers: Optional[str] = typer.Option(None, help="int4 only: decoder layers kept at 8 bits, e.g. 0,1,-1 (uniform plan)"),
     save_checkpoint: Optional[Path] = typer.Option(None, help="also write a GPTQ-format HF folder here"),
     revision: Optional[str] = typer.Option(None, help="hub revision (branch, tag or commit)"),
-    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar per layer on stderr"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder (one qwen-edge wrote)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress on stderr"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Quantize a model to int8/int4 (RTN, GPTQ or AWQ) into MatMulNBits ONNX."""
+    """Quantize a model to int4 / int8 (RTN, GPTQ or AWQ) into MatMulNBits ONNX, to a size or accuracy target."""
     from .quantize.api import quantize
     m = quantize(source, output, method=method, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
-                 damp=damp, calibration=calibration, samples=samples, seq_len=seq_len, seed=seed,
+                 damp=damp, refit=refit, float_target=float_target, calibration=calibration, samples=samples, seq_len=seq_len, seed=seed,
                  embed_bits=embed_bits, head_bits=head_bits, token_group_size=token_group_size,
-                 accuracy_level=accuracy_level, max_length=max_length, int8_layers=int8_layers, save_checkpoint=save_checkpoint,
+                 accuracy_level=accuracy_level, max_length=max_length, int8_layers=int8_layers,
+                 tie_embeddings=tie_embeddings, target_size=target_size, bpw=bpw, target_kl=target_kl,
+                 recipe=recipe, sensitivity_samples=sensitivity_samples, save_checkpoint=save_checkpoint,
                  force=force, revision=revision, progress=progress)
     q = m["quantization"]
-    size = sum((output / n).stat().st_size for n in m["files"])
+    size = sum((output / n).stat().st_size for n in m["files"]) + (output / "qwen_edge.json").stat().st_size
     summary = {"output": str(output), "method": q["method"], "bits": q["bits"], "group_size": q["group_size"],
-               "sym": q["sym"], "size_bytes": size, "quantize_seconds": m["quantize_seconds"],
+               "sym": q["sym"], "size_bytes": size, "size_mib": round(size / 2**20, 1),
+               "quantize_seconds": m["quantize_seconds"], "plan": q["plan"]["counts"],
+               "tables": q["plan"]["tables"], "tied": q["tie_embeddings"]["tied"],
                "checkpoint": str(save_checkpoint) if save_checkpoint else None, "quantization": q}
-    _emit(summary, as_json, [f"quantized {m['model']['model_type']} with {q['method']} int{q['bits']} "
-                             f"(group {q['group_size']}) to {output}: {size / 1e6:.0f} MB in {m['quantize_seconds']:.1f} s"])
+    how = q["plan"]["how"]
+    extra = f", predicted KL (RTN) {how['predicted_kl_rtn']:.4f}" if "predicted_kl_rtn" in how else ""
+    _emit(summary, as_json, [f"quantized {m['model']['model_type']} with {q['method']} "
+                             f"({', '.join(f'{n} x {k}' for k, n in q['plan']['counts'].items())}; tables "
+                             f"{', '.join(f'{k} {v}' for k, v in q['plan']['tables'].items())}) to {output}: "
+                             f"{size / 2**20:.1f} MiB in {m['quantize_seconds']:.1f} s{extra}"])
+
+
+@app.command("serve")
+def serve_(
+    model: Path = typer.Argument(..., help="artifact folder"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, help="TCP port (0: any free port, printed at start)"),
+    api_key: Optional[str] = typer.Option(None, help="require Authorization: Bearer KEY on every request"),
+    parallel: int = typer.Option(1, help="generations at once (each with its own KV cache)"),
+    queue: int = typer.Option(16, help="requests that may wait for a slot; beyond that: 503 with Retry-After"),
+    cache: int = typer.Option(4, help="idle conversations kept for the prompt cache (LRU)"),
+    ctx: Optional[int] = typer.Option(None, help="context length per generation (default: the export's, at most 8192)"),
+    max_tokens: int = typer.Option(2048, help="the most tokens one request may generate (and the default)"),
+    max_body: int = typer.Option(1 << 20, help="the largest request body in bytes (413 beyond)"),
+    model_name: Optional[str] = typer.Option(None, help="the model id clients send (default: the folder's name)"),
+    threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = all cores)"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
+    as_json: bool = typer.Option(False, "--json", help="print {url, model} as one JSON line on stdout when listening"),
+) -> None:
+    """Serve the model over the OpenAI HTTP API (chat, completions, streaming) until stopped."""
+    from .server.http import serve
+
+    def ready(url: str, mid: str) -> None:
+        print(f"qwen-edge serve: {mid} at {url}/v1 (Ctrl-C or SIGTERM stops)", file=sys.stderr, flush=True)
+        if as_json:
+            print(json.dumps({"url": url, "model": mid}), flush=True)
+    try:
+        serve(str(model), host=host, port=port, api_key=api_key, parallel=parallel, queue=queue, cache=cache,
+              threads=threads, ctx=ctx, max_tokens=max_tokens, max_body=max_body, model_id=model_name,
+              verify=verify, ready=ready)
+    except (KeyboardInterrupt, Interrupted):
+        print("qwen-edge serve: stopped", file=sys.stderr, flush=True)  # a requested stop: exit 0
 
 
 def _on_signal(signum: int, frame: object) -> None:

@@ -1,0 +1,286 @@
+"""`qwen-edge serve`: an OpenAI-compatible HTTP server on the standard library (no web framework).
+
+Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health. HTTP/1.1 with
+keep-alive; a stream is server-sent events in chunked encoding. Every request: the API key (when set),
+a body cap (413), JSON and field checks (400, protocol.py), one log line on stderr. A bad request never
+takes the server down: each is answered with the OpenAI error body, and an unexpected failure is a 500
+logged with its traceback. A client that goes away stops its generation within one token (the socket is
+polled before every forward pass) and frees its slot.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ..errors import QwenEdgeError
+from . import protocol as P
+from .engine import Busy, Engine, Gone
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, addr: tuple[str, int], engine: Engine, *, model_id: str, api_key: str | None,
+                 max_body: int, max_tokens: int, log: Any = sys.stderr):
+        self.engine, self.model_id, self.api_key = engine, model_id, api_key
+        self.max_body, self.max_tokens, self.log = max_body, max_tokens, log
+        self.log_lock = threading.Lock()
+        super().__init__(addr, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Server
+    timeout = 60  # a client that stops sending mid-request is dropped, not waited on forever
+
+    def log_message(self, format: str, *args: Any) -> None:  # our own one line per request instead
+        pass
+
+    # --- routing -----------------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._handle({"/v1/models": self._models, "/health": self._health})
+
+    def do_POST(self) -> None:
+        self._handle({"/v1/chat/completions": lambda: self._generate("chat"),
+                      "/v1/completions": lambda: self._generate("completion")})
+
+    def do_PUT(self) -> None:
+        self._handle({})
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def _handle(self, routes: dict) -> None:
+        self._t0, self._status, self._tokens = time.perf_counter(), 0, ""
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        try:
+            self._auth()
+            fn = routes.get(path)
+            if fn is None:
+                known = {"/v1/models", "/health", "/v1/chat/completions", "/v1/completions"}
+                raise P.ApiError(405 if path in known else 404,
+                                 f"{self.command} {path} is not supported" if path in known else f"no route {path}",
+                                 code="method_not_allowed" if path in known else "not_found")
+            fn()
+        except P.ApiError as e:
+            self._drain()
+            self._json(e.status, e.body(), e.headers)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            self._status = 499  # the client went away (even mid-stream, after a 200 was sent)
+            self.close_connection = True
+        except Exception:
+            with self.server.log_lock:
+                traceback.print_exc(file=self.server.log)
+            try:
+                self._json(500, P.ApiError(500, "internal error", kind="server_error").body())
+            except OSError:
+                self.close_connection = True
+        finally:
+            self._log()
+
+    def _auth(self) -> None:
+        key = self.server.api_key
+        if key is None:
+            return
+        got = self.headers.get("Authorization", "")
+        if got != f"Bearer {key}":
+            raise P.ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                             code="invalid_api_key", kind="authentication_error",
+                             headers={"WWW-Authenticate": "Bearer"})
+
+    # --- endpoints ---------------------------------------------------------------------------------------
+    def _models(self) -> None:
+        self._json(200, {"object": "list", "data": [{"id": self.server.model_id, "object": "model",
+                                                     "created": 0, "owned_by": "qwen-edge"}]})
+
+    def _health(self) -> None:
+        self._json(200, {"status": "ok", "model": self.server.model_id, **self.server.engine.stats()})
+
+    def _generate(self, kind: str) -> None:
+        body = self._body()
+        req = P.parse(body, kind, self.server.model_id, self.server.max_tokens)
+        eng, model = self.server.engine, self.server.engine.model
+        try:
+            ids = model.prompt_ids(req.prompt)
+        except QwenEdgeError as e:
+            raise P.ApiError(400, str(e), "messages" if kind == "chat" else "prompt") from None
+        room = model.max_length - len(ids)
+        if room < 1:
+            raise P.ApiError(400, f"the prompt is {len(ids)} tokens but the context holds {model.max_length}",
+                             "messages" if kind == "chat" else "prompt", "context_length_exceeded")
+        max_new = min(req.max_tokens or self.server.max_tokens, room)
+        try:
+            params = model.sampling(**req.sampling)  # the artifact's defaults, then the request's values
+        except QwenEdgeError as e:
+            raise P.ApiError(400, str(e)) from None
+        try:
+            eng.admit(self._gone)
+        except Busy:
+            raise P.ApiError(503, "the server is busy: every generation slot and the queue are taken; retry later",
+                             kind="server_error", code="server_busy", headers={"Retry-After": "1"}) from None
+        except Gone:
+            self._status = 499
+            self.close_connection = True
+            return
+        stream = None
+        try:
+            stream = eng.generate(ids, max_new_tokens=max_new, params=params, stop=req.stop, cancel=self._gone)
+            with stream:
+                self._send_stream(req, kind, stream) if req.stream else self._send_whole(req, kind, stream)
+        finally:
+            eng.release()
+            if stream is not None:  # the log line's token counts, however the stream ended
+                self._usage(stream.result)
+
+    def _send_whole(self, req: P.Request, kind: str, stream: Any) -> None:
+        stream.read()
+        r = stream.result
+        if r.finish_reason == "cancelled":
+            self._status, self.close_connection = 499, True
+            return
+        use = self._usage(r)
+        self._json(200, P.response(kind, P.new_id(kind), self.server.model_id, r.text, r.finish_reason, use))
+
+    def _send_stream(self, req: P.Request, kind: str, stream: Any) -> None:
+        rid, mid = P.new_id(kind), self.server.model_id
+        self._status = 200
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if kind == "chat":
+            self._event(P.chunk(kind, rid, mid, "", first=True))
+        for piece in stream:
+            self._event(P.chunk(kind, rid, mid, piece))
+        r = stream.result
+        if r.finish_reason == "cancelled":
+            self._status, self.close_connection = 499, True
+            return
+        self._event(P.chunk(kind, rid, mid, None, r.finish_reason))
+        if req.include_usage:
+            self._event(P.chunk(kind, rid, mid, None, use=self._usage(r)))
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _usage(self, r: Any) -> dict[str, Any]:
+        t = r.timings
+        prompt = t.prompt_tokens + t.cached_tokens
+        self._tokens = f" prompt={prompt} cached={t.cached_tokens} completion={len(r.tokens)}"
+        return P.usage(prompt, len(r.tokens), t.cached_tokens)
+
+    # --- I/O -----------------------------------------------------------------------------------------
+    def _body(self) -> Any:
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raise P.ApiError(411, "send the body with a Content-Length (chunked request bodies are not supported)")
+        try:
+            n = int(length) if length is not None else 0
+        except ValueError:
+            raise P.ApiError(400, "invalid Content-Length") from None
+        if n > self.server.max_body:
+            self.close_connection = True  # the rest of the body is not read
+            raise P.ApiError(413, f"the request body is {n} bytes; this server takes at most {self.server.max_body}",
+                             code="request_too_large")
+        raw = self.rfile.read(n) if n else b""
+        self._read = True
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise P.ApiError(400, "the request body is not UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise P.ApiError(400, f"the request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") \
+                from None
+
+    def _drain(self) -> None:
+        """Read an unread body so the connection can carry the next request (small bodies only)."""
+        if getattr(self, "_read", False) or self.close_connection:
+            return
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = 0
+        if 0 < n <= self.server.max_body:
+            self.rfile.read(n)
+        elif n:
+            self.close_connection = True
+
+    def _gone(self) -> bool:
+        """True once the client has closed its side (polled between tokens: cheap, no blocking)."""
+        try:
+            r, _, _ = select.select([self.connection], [], [], 0)
+            if not r:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        self._status = status
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _event(self, obj: Any) -> None:
+        self._chunk(b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _log(self) -> None:
+        ms = (time.perf_counter() - self._t0) * 1e3
+        with self.server.log_lock:
+            print(f"{self.client_address[0]} {self.command} {self.path} {self._status}{self._tokens} {ms:.0f} ms",
+                  file=self.server.log, flush=True)
+
+
+def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          parallel: int = 1, queue: int = 16, cache: int = 4, threads: int = 0, ctx: int | None = None,
+          max_tokens: int = 2048, max_body: int = 1 << 20, model_id: str | None = None, verify: bool = True,
+          ready: Any = None) -> None:
+    """Load the model and serve until interrupted. `ready(url)` is called once the socket listens."""
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..runtimes.model import Model
+    for name, v, lo in (("--parallel", parallel, 1), ("--queue", queue, 0), ("--cache", cache, 0),
+                        ("--max-tokens", max_tokens, 1), ("--max-body", max_body, 1024)):
+        if v < lo:
+            raise InputError(f"{name} must be at least {lo}, got {v}")
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port} is outside 0..65535")
+    if ctx is None:  # the export's context can be 32k: a server holds up to (parallel + cache) of these
+        from .. import artifact as A
+        ctx = min(int(A.read_manifest(folder)["max_length"]), 8192)
+    model = Model.load(folder, threads=threads, max_length=ctx, verify=verify)
+    mid = model_id or Path(folder).resolve().name
+    try:
+        server = Server((host, port), Engine(model, parallel, queue, cache), model_id=mid, api_key=api_key,
+                        max_body=max_body, max_tokens=max_tokens)
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    h, p = server.server_address[:2]
+    url = f"http://{h if ':' not in str(h) else f'[{h}]'}:{p}"
+    if ready is not None:
+        ready(url, mid)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()

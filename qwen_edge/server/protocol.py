@@ -1,0 +1,226 @@
+"""The OpenAI API shapes: requests checked into generation options, responses and stream chunks built.
+
+No HTTP here. A request field we do not support is an error, never silently ignored: `n` > 1, tools,
+images, logprobs, ... (a value that means "off", such as n = 1 or tools = [], is accepted). Unknown
+fields are refused too, so a client never believes a setting took effect when it did not.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..runtimes.template import check_text
+
+
+class ApiError(Exception):
+    """An error answered with the OpenAI error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+SAMPLING = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "seed": int,
+            "frequency_penalty": float, "presence_penalty": float, "repetition_penalty": float}
+COMMON = {"model", "stream", "stream_options", "max_tokens", "stop", *SAMPLING}
+# Accepted when they mean "off"; any other value is a 400 (we cannot do what it asks).
+OFF = {"n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []),
+       "tool_choice": (None, "none", "auto"), "functions": (None, []), "function_call": (None, "none", "auto"),
+       "parallel_tool_calls": (None, True, False), "logit_bias": (None, {}), "user": None, "store": (None, False),
+       "metadata": None, "service_tier": (None, "auto", "default"), "response_format": (None, {"type": "text"}),
+       "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""), "modalities": (None, ["text"]),
+       "reasoning_effort": None}
+CHAT = COMMON | {"messages", "max_completion_tokens"} | set(OFF)
+COMPLETION = COMMON | {"prompt"} | set(OFF)
+
+
+@dataclass
+class Request:
+    kind: str  # "chat" | "completion"
+    prompt: Any  # messages (chat) or text / token ids (completion)
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _number(body: dict, key: str, kind: type) -> Any:
+    v = body[key]
+    if v is None:
+        return None
+    ok = isinstance(v, int) and not isinstance(v, bool) if kind is int else \
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not ok:
+        raise ApiError(400, f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {_type_name(v)}", key)
+    return kind(v)
+
+
+def parse(body: Any, kind: str, model_id: str, max_tokens_cap: int) -> Request:
+    """Check a request body (already JSON-decoded) into a Request; ApiError with the OpenAI body if not."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {_type_name(body)}")
+    allowed = CHAT if kind == "chat" else COMPLETION
+    for key in body:
+        if key not in allowed:
+            raise ApiError(400, f"unsupported field '{key}'", key)
+    for key, values in OFF.items():
+        if key in body and values is not None and body[key] not in values:
+            raise ApiError(400, f"'{key}' = {body[key]!r} is not supported by this server "
+                                f"(qwen-edge generates one text choice, without tools or logprobs)", key)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required (a string)", "model")
+    if model != model_id:
+        raise ApiError(404, f"the model '{model}' does not exist; this server serves '{model_id}'", "model",
+                       "model_not_found")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, f"'stream' must be a boolean, got {_type_name(stream)}", "stream")
+    include_usage = False
+    opts = body.get("stream_options")
+    if opts is not None:
+        if not isinstance(opts, dict) or set(opts) - {"include_usage"}:
+            raise ApiError(400, "'stream_options' supports only {\"include_usage\": true|false}", "stream_options")
+        include_usage = opts.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise ApiError(400, "'stream_options.include_usage' must be a boolean", "stream_options")
+    limit = None
+    for key in ("max_tokens", "max_completion_tokens"):
+        if body.get(key) is not None:
+            v = _number(body, key, int)
+            if v < 1:
+                raise ApiError(400, f"'{key}' must be at least 1, got {v}", key)
+            if v > max_tokens_cap:
+                raise ApiError(400, f"'{key}' = {v} is above this server's limit of {max_tokens_cap}", key)
+            limit = v if limit is None else min(limit, v)
+    sampling = {}
+    for key, t in SAMPLING.items():
+        if key in body and body[key] is not None:
+            sampling[key] = _number(body, key, t)
+    if "temperature" in sampling and not 0 <= sampling["temperature"] <= 2:
+        raise ApiError(400, f"'temperature' must be between 0 and 2, got {sampling['temperature']}", "temperature")
+    prompt = _messages(body) if kind == "chat" else _prompt(body)
+    return Request(kind=kind, prompt=prompt, stream=bool(stream), include_usage=include_usage, max_tokens=limit,
+                   stop=_stop(body.get("stop")), sampling=sampling)
+
+
+def _stop(v: Any) -> list[str] | None:
+    if v is None:
+        return None
+    stops = [v] if isinstance(v, str) else v
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ApiError(400, "'stop' must be a string or an array of strings", "stop")
+    if len(stops) > 16 or any(not s for s in stops):
+        raise ApiError(400, "'stop' takes at most 16 non-empty strings", "stop")
+    for s in stops:
+        _text(s, "stop")
+    return stops or None
+
+
+def _text(s: str, param: str) -> str:
+    try:
+        return check_text(s, f"'{param}'")
+    except Exception as e:  # InputError: lone surrogates from \\ud800-style JSON escapes
+        raise ApiError(400, str(e), param) from None
+
+
+def _messages(body: dict) -> list[dict[str, str]]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "'messages' must be a non-empty array", "messages")
+    out = []
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"{where} must be an object", where)
+        role = m.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise ApiError(400, f"{where}.role must be system, user or assistant (tool messages are not supported), "
+                                f"got {role!r}", f"{where}.role")
+        extra = set(m) - {"role", "content", "name"}
+        if extra:
+            raise ApiError(400, f"{where} has unsupported field '{sorted(extra)[0]}'", where)
+        content = m.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            parts = []
+            for j, p in enumerate(content):
+                if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+                    raise ApiError(400, f"{where}.content[{j}]: only text parts are supported (no images or audio)",
+                                   f"{where}.content")
+                parts.append(p["text"])
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise ApiError(400, f"{where}.content must be a string or an array of text parts", f"{where}.content")
+        out.append({"role": "system" if role == "developer" else role, "content": _text(content, where)})
+    return out
+
+
+def _prompt(body: dict) -> str | list[int]:
+    p = body.get("prompt")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
+        p = p[0]
+    if isinstance(p, str):
+        if not p:
+            raise ApiError(400, "'prompt' is empty", "prompt")
+        return _text(p, "prompt")
+    if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+        return p
+    raise ApiError(400, "'prompt' must be a string (or one string in an array, or an array of token ids); "
+                        "several prompts per request are not supported", "prompt")
+
+
+# --- responses ------------------------------------------------------------------------------------------
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
+
+
+def new_id(kind: str) -> str:
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def response(kind: str, rid: str, model: str, text: str, finish: str, use: dict) -> dict[str, Any]:
+    created = int(time.time())
+    if kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                  "finish_reason": FINISH[finish]}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": FINISH[finish]}
+        obj = "text_completion"
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": use,
+            "system_fingerprint": "qwen-edge"}
+
+
+def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None = None, first: bool = False,
+          use: dict | None = None) -> dict[str, Any]:
+    created = int(time.time())
+    if use is not None:  # the usage chunk: no choices
+        return {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                "created": created, "model": model, "choices": [], "usage": use}
+    reason = FINISH[finish] if finish else None
+    if kind == "chat":
+        delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else \
+            ({} if text is None else {"content": text})
+        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": "qwen-edge",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}]}
