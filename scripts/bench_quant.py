@@ -1,99 +1,237 @@
-"""Quantization benchmark on the real Qwen2.5-Coder-0.5B-Instruct: every variant against the fp32 export
-on held-out enwiki text (perplexity, KL mean/p99, top-1 agreement), with size, quantization time and peak
-RSS. Each variant is quantized in its own process so its peak RSS is its own.
+"""int4 / int8 quality, size and speed of qwen-edge against llama.cpp on the real Qwen2.5-Coder-0.5B-Instruct.
 
-    python scripts/bench_quant.py --out /tmp/qbench --samples 128 --seq-len 512 --windows 16
-    python scripts/bench_quant.py --variants rtn8,gptq4g128 ...     # a subset
+    python scripts/bench_quant.py                       # every row (about 2 hours on 2 cores; cached)
+    python scripts/bench_quant.py --ours recommended-410,recommended-469 --llama Q4_0,IQ4_NL-imatrix
 
-Prints one JSON line per variant and a Markdown table for docs/quantize.md.
+One harness for every row: the fp32 export of the GGUF is the reference; the same 32 windows of 512 tokens
+from enwiki articles 61-100 (never calibrated on) are scored for every file by qwen_edge.eval (KL against
+the reference's top-64 distribution plus the rest of the mass, perplexity, top-1). llama.cpp is built
+from the pinned llama-cpp-python sdist (scripts/llamacpp_env.py): llama-quantize from the GGUF (its
+dequantized weights are the reference), llama-imatrix on enwiki articles 1-60 (our calibration text),
+llama_cpp for the logits (fed our token ids), llama-bench for speed. Rows whose llama.cpp type matches the
+source's own grids (Q8_0, Q5_0, Q4_K_M: the GGUF is a Q4_K_M file with Q5_0 / Q8_0 / Q4_K / Q6_K tensors)
+are marked "same grid": re-quantizing onto a grid the weights already lie on is nearly lossless.
+Each quantization runs in its own process (its time and peak RSS are its own); speed is measured for
+every file in the same run, ours and llama.cpp's alternating, 2 threads, prompt 512, 128 new tokens.
+Results: OUT/results.json, a Markdown table on stdout, OUT/kl_vs_size.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-VARIANTS = {
-    "rtn8": dict(method="rtn", bits=8, group_size=128),
-    "rtn8acc4": dict(method="rtn", bits=8, group_size=128, accuracy_level=4),
-    "rtn4g128": dict(method="rtn", bits=4, group_size=128),
-    "rtn4g32": dict(method="rtn", bits=4, group_size=32),
-    "gptq4g128": dict(method="gptq", bits=4, group_size=128),
-    "gptq4g32": dict(method="gptq", bits=4, group_size=32),
-    "gptq4g128ao": dict(method="gptq", bits=4, group_size=128, act_order=True),
-    "gptq4g32ao": dict(method="gptq", bits=4, group_size=32, act_order=True),
-    "gptq4g32e4": dict(method="gptq", bits=4, group_size=32, embed_bits=4),  # int4 embedding: under 469 MiB
-    "awq4g128": dict(method="awq", bits=4, group_size=128),
-    "awq4g32": dict(method="awq", bits=4, group_size=32),
-    "gptq8g128": dict(method="gptq", bits=8, group_size=128),
-    "gptq4g128mix": dict(method="gptq", bits=4, group_size=128, int8_layers="0,1"),
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llamacpp_env  # noqa: E402
+
+OURS = {
+    # the recommended recipes: a size budget, GPTQ (asymmetric, true-sequential, refit), one tied table
+    "recommended-410": dict(method="gptq", target_size="410MiB", asym=True),
+    "recommended-469": dict(method="gptq", target_size="469MiB", asym=True),
+    "recommended-int8": dict(method="rtn", bits=8, group_size=32, tie_embeddings="off"),
+    "gptq-int4g32": dict(method="gptq", bits=4, group_size=32, asym=True),
+    "gptq-int4g64": dict(method="gptq", bits=4, group_size=64, asym=True),
+    "rtn-int4g32": dict(method="rtn", bits=4, group_size=32),
+    "rtn-int8g32-tied": dict(method="rtn", bits=8, group_size=32),
+    "rtn-int8g128-acc0-untied": dict(method="rtn", bits=8, group_size=128, accuracy_level=0, tie_embeddings="off"),
+}
+LLAMA = {  # name: (llama.cpp type, imatrix, same grid as the source)
+    "Q4_0": ("Q4_0", False, False),
+    "Q4_0-imatrix": ("Q4_0", True, False),
+    "Q4_1": ("Q4_1", False, False),
+    "IQ4_NL": ("IQ4_NL", False, False),
+    "IQ4_NL-imatrix": ("IQ4_NL", True, False),
+    "Q4_K_M": ("Q4_K_M", False, True),
+    "Q5_0": ("Q5_0", False, True),
+    "Q8_0": ("Q8_0", False, True),
 }
 
 
-def one(args: argparse.Namespace) -> None:
-    """Child process: quantize one variant, print its timing and peak RSS as JSON."""
-    from qwen_edge.assets import example_gguf
-    from qwen_edge.quantize.api import quantize
-    from qwen_edge.runtimes.bench import peak_rss_bytes  # VmHWM: ru_maxrss would include the parent's peak
-    kw = dict(VARIANTS[args.one])
-    if kw["method"] != "rtn":
-        kw.update(samples=args.samples, seq_len=args.seq_len)
-    if args.embed_bits:
-        kw["embed_bits"] = args.embed_bits
+def run_measured(cmd: list[str], env: dict | None = None, log: Path | None = None) -> dict:
+    """Run a child; its wall time and its own peak RSS (wait4: the rusage of that child alone)."""
     t = time.perf_counter()
-    quantize(str(example_gguf()), Path(args.out) / args.one, max_length=4096, force=True, progress=False, **kw)
-    print(json.dumps({"seconds": time.perf_counter() - t,
-                      "peak_rss_mb": peak_rss_bytes() / 2**20}))
+    with open(log or os.devnull, "w") as f:
+        p = subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, ru = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"failed: {' '.join(map(str, cmd))}" + (f" (see {log})" if log else ""))
+    return {"seconds": round(time.perf_counter() - t, 1), "peak_rss_mib": round(ru.ru_maxrss / 1024)}
+
+
+def quantize_ours(name: str, gguf: Path, out: Path) -> dict:
+    kw = dict(OURS[name])
+    args = [sys.executable, "-m", "qwen_edge.cli", "quantize", gguf, "-o", out / name, "--max-length", "4096",
+            "--force", "--no-progress", "--samples", "64", "--seq-len", "512"]
+    if kw.pop("asym", False):
+        args.append("--float-target")
+    for k, v in kw.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return run_measured(args, log=out / f"{name}.log")
+
+
+def score_ours(folder: Path, ref: Path) -> dict:
+    from qwen_edge.eval.run import EvalConfig, evaluate
+    r = evaluate(EvalConfig(models=[str(folder)], reference=str(ref), progress=False, verify=False, threads=2))
+    return r["models"][0]["metrics"]
+
+
+def bench_ours(folder: Path, runs: int) -> dict:
+    r = subprocess.run([sys.executable, "-m", "qwen_edge.cli", "bench", str(folder), "--prompt-tokens", "512",
+                        "--new-tokens", "128", "--runs", str(runs), "--threads", "2", "--json", "--no-verify"],
+                       capture_output=True, text=True, check=True)
+    b = json.loads(r.stdout)
+    return {"prefill_tps": b["prefill_tps"], "decode_tps": b["decode_tps"]}
+
+
+def bench_llama(info: dict, gguf: Path, runs: int) -> dict:
+    r = subprocess.run([Path(info["bin"]) / "llama-bench", "-m", gguf, "-p", "512", "-n", "128", "-t", "2",
+                        "-r", str(runs), "-o", "json"], capture_output=True, text=True, check=True,
+                       env=llamacpp_env.env_for(info))
+    rows = json.loads(r.stdout)
+    pp = next(x for x in rows if x["n_prompt"] > 0 and x["n_gen"] == 0)
+    tg = next(x for x in rows if x["n_gen"] > 0 and x["n_prompt"] == 0)
+    return {"prefill_tps": pp["avg_ts"], "decode_tps": tg["avg_ts"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="/tmp/qbench")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--samples", type=int, default=128)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--windows", type=int, default=16, help="held-out enwiki windows of 512 tokens")
-    ap.add_argument("--embed-bits", default=None)
-    ap.add_argument("--one", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.one:
-        return one(args)
+    ap.add_argument("--out", default=None, help="work folder (default ~/.cache/qwen-edge/bench/quant)")
+    ap.add_argument("--ours", default=",".join(OURS))
+    ap.add_argument("--llama", default=",".join(LLAMA))
+    ap.add_argument("--windows", type=int, default=32, help="held-out windows of 512 tokens")
+    ap.add_argument("--speed-runs", type=int, default=3)
+    ap.add_argument("--no-speed", action="store_true")
+    a = ap.parse_args()
     from qwen_edge.assets import example_gguf
+    from qwen_edge.cache import cache_dir
+    from qwen_edge.data.enwiki import enwiki_text
+    from qwen_edge.eval.run import EvalConfig, evaluate
     from qwen_edge.export.writer import export
-    from qwen_edge.quantize.quality import compare, eval_windows
-    out = Path(args.out)
+    out = Path(a.out) if a.out else cache_dir() / "bench" / "quant"
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "fp32").exists():
-        export(str(example_gguf()), out / "fp32", max_length=4096, progress=False)
-    names = args.variants.split(",")
-    runs = {}
-    for n in names:
-        cmd = [sys.executable, __file__, "--one", n, "--out", str(out), "--samples", str(args.samples),
-               "--seq-len", str(args.seq_len)] + (["--embed-bits", args.embed_bits] if args.embed_bits else [])
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode:
-            sys.exit(f"{n} failed:\n{r.stderr[-3000:]}")
-        runs[n] = json.loads(r.stdout.strip().splitlines()[-1])
-        print(n, runs[n], file=sys.stderr, flush=True)
-    windows = eval_windows(out / "fp32", args.windows, 512)
-    rows = compare(out / "fp32", [out / n for n in names], windows)
-    print("| variant | method | bits | group | ppl | Δppl % | KL mean | KL p99 | top-1 % | size MiB | quantize s | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, r in zip(names, rows):
-        v = VARIANTS[n]
-        # MiB, as llama.cpp and the issue report file sizes (its Q4_K_M "469 MB" is 491,400,064 bytes)
-        size = sum(p.stat().st_size for p in (out / n).iterdir() if p.is_file()) / 2**20
-        rec = {"variant": n, **v, **r, "size_mib": size, **runs[n]}
-        print(json.dumps(rec), file=sys.stderr)
-        print(f"| {n} | {v['method']} | {v['bits']} | {v['group_size']} | {r['ppl']:.3f} | "
-              f"{100 * r['ppl_increase']:+.2f} | {r['kl_mean']:.4f} | {r['kl_p99']:.3f} | {100 * r['top1']:.1f} | "
-              f"{size:.0f} | {runs[n]['seconds']:.0f} | {runs[n]['peak_rss_mb']:.0f} |")
-    print(f"\nfp32 ppl {rows[0]['ref_ppl']:.3f} on {rows[0]['tokens']} held-out enwiki tokens "
-          f"({args.windows} windows of 512); calibration {args.samples} x {args.seq_len}")
+    gguf = example_gguf()
+    fp32, ref = out / "fp32", out / f"ref{a.windows}.npz"
+    if not fp32.exists():
+        export(str(gguf), fp32, max_length=4096, progress=False)
+    if not ref.exists():
+        evaluate(EvalConfig(models=[str(fp32)], ctx=512, max_tokens=512 * a.windows, top_k=64,
+                            save_reference=str(ref), progress=False, threads=2))
+    rows: dict[str, dict] = {}
+    done = out / "results.json"
+    if done.exists():
+        rows = json.loads(done.read_text())
+
+    def save() -> None:
+        done.write_text(json.dumps(rows, indent=2))
+
+    ours = [n for n in a.ours.split(",") if n]
+    for name in ours:
+        if name not in rows.get("ours", {}):
+            q = quantize_ours(name, gguf, out)
+            m = score_ours(out / name, ref)
+            size = sum(p.stat().st_size for p in (out / name).iterdir() if p.is_file())
+            rows.setdefault("ours", {})[name] = {"quantize": q, "metrics": m, "bytes": size, "args": OURS[name]}
+            save()
+            print(name, rows["ours"][name]["metrics"]["kl_mean"], file=sys.stderr, flush=True)
+    llama = [n for n in a.llama.split(",") if n]
+    info = llamacpp_env.ensure() if llama else None
+    if llama:
+        env = llamacpp_env.env_for(info)
+        calib = out / "calibration.txt"
+        calib.write_text(enwiki_text(split="calibration"), encoding="utf-8")
+        imatrix = out / "imatrix.gguf"
+        if not imatrix.exists():
+            rows["imatrix"] = run_measured([Path(info["bin"]) / "llama-imatrix", "-m", gguf, "-f", calib, "-o", imatrix,
+                                            "-c", "512", "--chunks", "128", "-t", "2"], env, out / "imatrix.log")
+            save()
+        for name in llama:
+            if name in rows.get("llama", {}):
+                continue
+            qtype, use_im, same = LLAMA[name]
+            dst = out / "llama" / f"{name}.gguf"
+            dst.parent.mkdir(exist_ok=True)
+            cmd = [Path(info["bin"]) / "llama-quantize", "--allow-requantize"] + \
+                (["--imatrix", imatrix] if use_im else []) + [gguf, dst, qtype, "2"]
+            q = run_measured(cmd, env, out / "llama" / f"{name}.log")
+            r = subprocess.run([info["python"], Path(__file__).parent / "llamacpp_score.py", dst, ref,
+                                fp32 / "tokenizer.json", "--max-tokens", str(512 * a.windows)],
+                               capture_output=True, text=True, env=env)
+            if r.returncode:
+                raise SystemExit(f"scoring {name} failed:\n{r.stderr[-2000:]}")
+            rows.setdefault("llama", {})[name] = {"quantize": q, "metrics": json.loads(r.stdout.splitlines()[-1]),
+                                                 "bytes": dst.stat().st_size, "same_grid": same, "type": qtype,
+                                                 "imatrix": use_im}
+            save()
+            print(name, rows["llama"][name]["metrics"]["kl_mean"], file=sys.stderr, flush=True)
+    if not a.no_speed:  # every file in one run, the two families alternating
+        for i in range(max(len(ours), len(llama))):
+            for fam, names in (("ours", ours), ("llama", llama)):
+                if i < len(names):
+                    n = names[i]
+                    rows[fam][n]["speed"] = (bench_ours(out / n, a.speed_runs) if fam == "ours" else
+                                             bench_llama(info, out / "llama" / f"{n}.gguf", a.speed_runs))
+                    save()
+    report(rows, out, gguf)
+
+
+def n_params(gguf: Path) -> int:
+    from qwen_edge.sources.gguf_header import read_header
+    _, tensors = read_header(gguf)
+    total = 0
+    for t in tensors.values():
+        n = 1
+        for d in t.ne:
+            n *= d
+        total += n
+    return total
+
+
+def report(rows: dict, out: Path, gguf: Path) -> None:
+    params = n_params(gguf)
+    lines = ["| file | family | MiB | bits/weight | Δppl % | KL mean | KL p99 | top-1 % | quantize s | peak RSS MiB | "
+             "decode tok/s | prefill tok/s |", "|" + "---|" * 12]
+    pts = []
+    for fam in ("ours", "llama"):
+        for name, r in sorted(rows.get(fam, {}).items(), key=lambda kv: kv[1]["bytes"]):
+            m, s = r["metrics"], r.get("speed", {})
+            mib = r["bytes"] / 2**20
+            label = name + (" (imatrix)" if r.get("imatrix") and "imatrix" not in name else "") + \
+                (" **same grid**" if r.get("same_grid") else "")
+            lines.append(f"| {label} | {'qwen-edge' if fam == 'ours' else 'llama.cpp'} | {mib:.1f} | "
+                         f"{8 * r['bytes'] / params:.2f} | {100 * m['ppl_increase']:+.2f} | {m['kl_mean']:.4f} | "
+                         f"{m['kl_p99']:.3f} | {100 * m['top1']:.1f} | {r['quantize']['seconds']:.0f} | "
+                         f"{r['quantize']['peak_rss_mib']} | {s.get('decode_tps', float('nan')):.1f} | "
+                         f"{s.get('prefill_tps', float('nan')):.0f} |")
+            pts.append((fam, name, mib, m["kl_mean"], r.get("same_grid", False)))
+    print("\n".join(lines))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for fam, color, marker in (("ours", "tab:blue", "o"), ("llama", "tab:orange", "s")):
+        p = [x for x in pts if x[0] == fam]
+        ax.scatter([x[2] for x in p], [x[3] for x in p], c=color, marker=marker,
+                   label="qwen-edge" if fam == "ours" else "llama.cpp (hollow: same grid as the source)",
+                   facecolors=[("none" if x[4] else color) for x in p])
+        for x in p:
+            ax.annotate(x[1], (x[2], x[3]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xlabel("file size (MiB)")
+    ax.set_ylabel("mean KL vs fp32 (nats/token, log scale)")
+    ax.set_yscale("log")
+    ax.set_title("Qwen2.5-Coder-0.5B-Instruct: 32 x 512 held-out enwiki tokens")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "kl_vs_size.png")
+    print(f"\nplot: {out / 'kl_vs_size.png'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -332,9 +332,10 @@ def test_int8_layers_mix_precision(tiny, tmp_path, method):
     quantize(str(folder), tmp_path / "mixed", method=method, bits=4, group_size=32, int8_layers="-1",
              calibration=str(calib), samples=8, seq_len=32, **KW)
     m = manifest(tmp_path / "mixed")
-    manifest_layers = m["quantization"]["int8_layers"]
     layers = m["model"]["num_layers"]
-    assert manifest_layers == [layers - 1]
+    plan = m["quantization"]["plan"]["linears"]
+    assert {k for k, f in plan.items() if f == "int8g32"} == {k for k in plan if f".{layers - 1}." in k}
+    assert m["quantization"]["plan"]["counts"] == {"int4g32": 4 * (layers - 1), "int8g32": 4}
     bits = {n.name.rsplit("/", 1)[0]: next(a.i for a in n.attribute if a.name == "bits")
             for n in onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph.node if n.op_type == "MatMulNBits"}
     for name, b in bits.items():

@@ -11,7 +11,7 @@ block per row of the last axis). Only the small per-block scales / zero points a
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -39,22 +39,29 @@ def nbits_linear(lookup: Callable[[str, np.ndarray], NBits], accuracy_level: int
     return linear
 
 
-class QuantTokens:
-    """The exporter's `tokens` hook: quantized embedding and/or LM head (None bits = float32)."""
+class TableFormat(NamedTuple):
+    bits: int
+    group_size: int
 
-    def __init__(self, quantize: Callable[[np.ndarray, int, int], QWeight], embed_bits: int | None,
-                 head_bits: int | None, block_size: int, accuracy_level: int = ACCURACY_LEVEL):
-        self.quantize, self.embed_bits, self.head_bits = quantize, embed_bits, head_bits
-        self.block_size, self.accuracy_level = block_size, accuracy_level
+
+class QuantTokens:
+    """The exporter's `tokens` hook: quantized embedding and/or LM head, each in its own format (anything
+    with .bits and .group_size; None = float32)."""
+
+    def __init__(self, quantize: Callable[[np.ndarray, int, int], QWeight], embed: Any, head: Any,
+                 accuracy_level: int = ACCURACY_LEVEL):
+        self.quantize, self.embed_fmt, self.head_fmt = quantize, embed, head
+        self.accuracy_level = accuracy_level
         self._embed: tuple[str, NBits] | None = None  # tied sharing: the stored embedding
         self._float_embed: str | None = None
         self.shared = False
 
     def embed(self, g: Graph, ids: str, w: np.ndarray) -> str:
-        if self.embed_bits is None:
+        f = self.embed_fmt
+        if f is None:
             self._float_embed = g.weight("model.embed_tokens.weight", w.astype(np.float32, copy=False))
             return g.op("Gather", [self._float_embed, ids], "embed/Gather")
-        p = to_matmulnbits(self.quantize(w, self.embed_bits, self.block_size))
+        p = to_matmulnbits(self.quantize(w, f.bits, f.group_size))
         name = "model.embed_tokens"
         data = g.weight(f"{name}.qweight", p.B)  # [V, n_blocks, blob]
         nb = p.B.shape[1]
@@ -76,13 +83,14 @@ class QuantTokens:
 
     def head(self, g: Graph, x: str, w: np.ndarray | None, embed_w: Callable[[], np.ndarray]) -> str:
         """LM head over flat hidden states x [rows, hidden]; w is None for a tied model."""
-        if self.head_bits is None:
+        f = self.head_fmt
+        if f is None:
             if w is None and self._float_embed is not None:
                 head = self._float_embed
             else:
                 head = g.weight("lm_head.weight", (embed_w() if w is None else w).astype(np.float32, copy=False))
             return g.op("Gemm", [x, head], "lm_head/Gemm", transB=1)
-        if w is None and self._embed is not None and self.head_bits == self.embed_bits:
+        if w is None and self._embed is not None and (f.bits, f.group_size) == (self.embed_fmt.bits, self.embed_fmt.group_size):
             name, p = self._embed  # tied and same layout: reuse the stored codes and scales
             self.shared = True
             inputs = [x, f"{name}.qweight", f"{name}.scales"]
@@ -91,7 +99,7 @@ class QuantTokens:
             return g.op("MatMulNBits", inputs, "lm_head/MatMulNBits", domain="com.microsoft", K=p.K, N=p.N,
                         bits=p.bits, block_size=p.block_size, accuracy_level=self.accuracy_level)
         src = embed_w() if w is None else w
-        p = to_matmulnbits(self.quantize(src, self.head_bits, self.block_size))
+        p = to_matmulnbits(self.quantize(src, f.bits, f.group_size))
         return matmul_nbits(g, x, "lm_head", p, self.accuracy_level)
 
 
@@ -137,7 +145,7 @@ def import_hooks(src) -> tuple[Callable, QuantTokens, dict]:
     info = ckpt.info()
     info.update(accuracy_level=ACCURACY_LEVEL, embedding={"bits": 8, "group_size": 128},
                 lm_head={"bits": 8, "group_size": 128})
-    tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), 8, 8, 128)
+    tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), TableFormat(8, 128), TableFormat(8, 128))
     return checkpoint_linear(ckpt), tokens, info
 
 

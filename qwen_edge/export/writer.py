@@ -109,12 +109,16 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
 
 
 def export(source: str, out: str | Path, *, dtype: str = "fp32", max_length: int | None = None,
-           force: bool = False, revision: str | None = None, progress: bool = True) -> dict[str, Any]:
+           force: bool = False, revision: str | None = None, progress: bool = True,
+           tie_embeddings: str = "off") -> dict[str, Any]:
     out = Path(out)
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
     check_output(out, force, local_paths(source))  # fail before any slow download or load
     src = open_source(source, revision=revision)
+    if tie_embeddings != "off":
+        from ..sources.tie import tie
+        src, _ = tie(src, tie_embeddings)
     if src.quantization:  # a GPTQ/AWQ folder: its packed weights go straight into MatMulNBits
         if dtype != "fp32":
             raise QwenEdgeError("a quantized checkpoint exports with --dtype fp32 (MatMulNBits takes fp32 activations)")

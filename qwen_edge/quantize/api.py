@@ -1,5 +1,12 @@
 """`qwen-edge quantize`: source -> quantized artifact folder (MatMulNBits linears, GatherBlockQuantized
-embedding, MatMulNBits LM head), optionally also a GPTQ-format Hugging Face checkpoint."""
+embedding, MatMulNBits LM head), optionally also a GPTQ-format Hugging Face checkpoint.
+
+The plan (a format per tensor, recipe.py) comes from one of:
+- `--recipe FILE`: replayed as written;
+- `--target-size` / `--bpw` / `--target-kl`: sensitivity.py measures each tensor, allocate.py chooses;
+- otherwise uniform: `--bits` / `--group-size` everywhere (`--int8-layers` at 8 bits), tables per
+  `--embed-bits` / `--head-bits`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OutputError, QwenEdgeError
+from ..errors import InputError, OutputError, QwenEdgeError
 from ..pack import check_bits, check_block_size
+from .recipe import Format, Plan
 
 METHODS = ("rtn", "gptq", "awq")
 TOKEN_BITS = {"4": 4, "8": 8, "32": None, "fp32": None}
+# Candidates for allocation. int8 stays at blocks of 32: with int8 activations (accuracy level 4) larger
+# blocks cost more accuracy than they save (docs/quantize.md).
+LINEAR_CHOICES = ("int4g128", "int4g64", "int4g32", "int8g32")
+TABLE_CHOICES = ("int4g128", "int4g64", "int4g32", "int8g128", "int8g64", "int8g32")
 
 
 class _Overlay:
@@ -32,91 +44,263 @@ class _Overlay:
 def parse_token_bits(value: str | int | None, what: str) -> int | None:
     key = str(value).lower()
     if key not in TOKEN_BITS:
-        raise QwenEdgeError(f"unsupported {what} precision '{value}': choose 8, 4 or fp32")
+        raise InputError(f"unsupported {what} precision '{value}': choose 8, 4 or fp32")
     return TOKEN_BITS[key]
+
+
+def parse_layers(text: str | None, num_layers: int) -> frozenset[int]:
+    """'0,1,-1' -> {0, 1, num_layers - 1}; negative indices count from the end."""
+    if not text:
+        return frozenset()
+    out = set()
+    for part in str(text).split(","):
+        try:
+            i = int(part.strip())
+        except ValueError:
+            raise InputError(f"--int8-layers takes layer indices like 0,1,-1; got '{part.strip()}'") from None
+        if not -num_layers <= i < num_layers:
+            raise InputError(f"--int8-layers: layer {i} is outside the model's {num_layers} layers")
+        out.add(i % num_layers)
+    return frozenset(out)
 
 
 def validate(method: str, bits: int, group_size: int, calibration: str, damp: float, samples: int = 1,
              seq_len: int = 2) -> None:
     if method not in METHODS:
-        raise QwenEdgeError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     check_bits(bits)
     check_block_size(group_size)
     if not 0 < damp < 1:
-        raise QwenEdgeError(f"--damp {damp} is outside (0, 1)")
+        raise InputError(f"--damp {damp} is outside (0, 1)")
     if samples < 1 or seq_len < 2:
-        raise QwenEdgeError("--samples must be >= 1 and --seq-len >= 2")
+        raise InputError("--samples must be >= 1 and --seq-len >= 2")
     if method != "rtn" and calibration != "enwiki" and not Path(calibration).is_file():
-        raise QwenEdgeError(f"calibration must be 'enwiki' or a text file; no such file: {calibration}")
+        raise InputError(f"calibration must be 'enwiki' or a text file; no such file: {calibration}")
 
 
-def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 4, group_size: int = 128,
-             sym: bool = False, act_order: bool = False, damp: float = 0.01, calibration: str = "enwiki",
-             samples: int = 128, seq_len: int = 512, seed: int = 0, embed_bits: str | int = 8,
-             head_bits: str | int = 8, token_group_size: int = 128, accuracy_level: int | None = None,
-             max_length: int | None = None, int8_layers: str | None = None,
+def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 4, group_size: int = 32,
+             sym: bool = False, act_order: bool = False, damp: float = 0.01, refit: bool = True,
+             float_target: bool = False,
+             calibration: str = "enwiki", samples: int = 128, seq_len: int = 512, seed: int = 0,
+             embed_bits: str | int = 8, head_bits: str | int = 8, token_group_size: int = 128,
+             accuracy_level: int = 4, max_length: int | None = None, int8_layers: str | None = None,
+             tie_embeddings: str = "auto", target_size: str | int | None = None, bpw: float | None = None,
+             target_kl: float | None = None, recipe: str | Path | None = None, sensitivity_samples: int = 16,
              save_checkpoint: str | Path | None = None, force: bool = False, revision: str | None = None,
              progress: bool = True) -> dict[str, Any]:
     from ..export.writer import check_output, write_artifact
     from ..outputs import check_target, overlaps
     from ..sources import local_paths, open_source
+    from ..sources.tie import tie
     from .checkpoint import is_our_checkpoint
-    from .calibrate import Options, calibrate, calibration_tokens, parse_layers, rtn_linears, sample_windows
-    from ..export.nbits import QuantTokens, nbits_linear
-    from .rtn import rtn_quantize
 
     out = Path(out)
     validate(method, bits, group_size, calibration, damp, samples, seq_len)
     check_block_size(token_group_size)
-    if accuracy_level is None:
-        # int4: int8 activations (the fast CPU kernel; its error is small next to int4's). int8 is chosen for
-        # accuracy, and int8 activations would cost as much as the int8 weights (+0.3-0.5% perplexity).
-        accuracy_level = 4 if bits == 4 else 0
     if accuracy_level not in (0, 1, 2, 3, 4):
-        raise QwenEdgeError(f"--accuracy-level {accuracy_level} is outside 0..4")
+        raise InputError(f"--accuracy-level {accuracy_level} is outside 0..4")
     e_bits, h_bits = parse_token_bits(embed_bits, "embedding"), parse_token_bits(head_bits, "LM head")
+    goals = [g for g in (target_size, bpw, target_kl) if g is not None]
+    if len(goals) > 1 or (goals and recipe is not None):
+        raise InputError("give one of --target-size, --bpw, --target-kl and --recipe")
+    budget = _parse_goal(target_size, bpw, target_kl)
+    if goals and not 1 <= sensitivity_samples <= 1024:
+        raise InputError("--sensitivity-samples must be between 1 and 1024")
     local = local_paths(source)
     check_output(out, force, local)
+    if recipe is not None and not Path(recipe).is_file():
+        raise InputError(f"recipe {recipe} not found")
     if save_checkpoint is not None:
         if overlaps(Path(save_checkpoint), out):
             raise OutputError(f"--save-checkpoint {save_checkpoint} and -o {out} overlap: give two separate folders")
         check_target(Path(save_checkpoint), force=force, is_ours=is_our_checkpoint, sources=local,
                      what="checkpoint output")
+    t0 = time.perf_counter()
     src = open_source(source, revision=revision)
     if src.quantization:
         raise QwenEdgeError(f"{source} is already a {src.quantization.get('quant_method', 'quantized')} "
                             "checkpoint: export it directly (qwen-edge export) instead of re-quantizing")
+    recipe_json: dict[str, Any] | None = None
+    if recipe is not None:
+        from . import recipe as R
+        plan, recipe_json = R.load(recipe, src.spec)
+        if plan.tied and not src.spec.tie_word_embeddings:
+            tie_embeddings = "on"  # the recipe was made with one table
+    src, tie_info = tie(src, tie_embeddings)
     spec = src.spec
+    if recipe is not None:
+        if not plan.tied and spec.tie_word_embeddings and "lm_head" not in plan.tables:
+            raise InputError(f"recipe {recipe} does not fit: its tables do not match this model's")
+        planned = {"kind": "recipe", "path": str(recipe)}
+    elif goals:
+        plan, planned = _allocate(src, budget, calibration, sensitivity_samples, seq_len, seed, max_length,
+                                  progress)
+    else:
+        plan = _uniform(spec, bits, group_size, e_bits, h_bits, token_group_size, int8_layers)
+        planned = {"kind": "uniform"}
+    if save_checkpoint is not None and len({f.bits for f in plan.linears.values()}) > 1:
+        raise InputError("this plan mixes 4- and 8-bit linears, which a GPTQ checkpoint (one bits value) cannot "
+                         "hold; drop --save-checkpoint")
+
+    info = _info(method, plan, spec, sym, accuracy_level, tie_info, planned)
+    manifest = _quantize_into(src, out, plan, info, method=method, sym=sym, act_order=act_order, damp=damp,
+                              refit=refit, float_target=float_target, calibration=calibration, samples=samples, seq_len=seq_len, seed=seed,
+                              accuracy_level=accuracy_level, max_length=max_length, force=force,
+                              progress=progress, save_checkpoint=save_checkpoint)
+    manifest["quantize_seconds"] = round(time.perf_counter() - t0, 2)
+    if budget and budget[0] == "size":
+        size = sum((out / n).stat().st_size for n in manifest["files"]) + (out / "qwen_edge.json").stat().st_size
+        if size > budget[1]:  # the estimate covers the worst case; this is the promise itself
+            raise QwenEdgeError(f"internal: {out} is {size} bytes, over the {budget[1]}-byte budget")
+    return manifest
+
+
+def _parse_goal(target_size, bpw, target_kl) -> tuple[str, float] | None:
+    from .recipe import parse_size
+    if target_size is not None:
+        return ("size", parse_size(str(target_size)) if not isinstance(target_size, int) else target_size)
+    if bpw is not None:
+        if not 2.0 <= float(bpw) <= 16.0:
+            raise InputError(f"--bpw {bpw} is outside 2..16 bits per weight")
+        return ("bpw", float(bpw))
+    if target_kl is not None:
+        if not float(target_kl) > 0:
+            raise InputError(f"--target-kl {target_kl} must be a positive number (nats per token)")
+        return ("kl", float(target_kl))
+    return None
+
+
+def _uniform(spec, bits: int, group_size: int, e_bits, h_bits, token_group_size: int, int8_layers) -> Plan:
+    from .recipe import uniform
     keep8 = parse_layers(int8_layers, spec.num_layers) if bits == 4 else frozenset()
-    if keep8 and save_checkpoint is not None:
-        raise QwenEdgeError("--int8-layers mixes 4- and 8-bit layers, which a GPTQ checkpoint (one bits value) "
-                            "cannot hold; drop --save-checkpoint or --int8-layers")
+    over = {i: Format(8, group_size) for i in keep8}
+    ef = None if e_bits is None else Format(e_bits, token_group_size)
+    hf = None if h_bits is None else Format(h_bits, token_group_size)
+    tables = {"table": ef} if spec.tie_word_embeddings and ef == hf else {"embedding": ef, "lm_head": hf}
+    return uniform(spec, Format(bits, group_size), tables, over)
+
+
+def fixed_bytes(src, max_length: int) -> int:
+    """Everything in the folder but the quantized weights, at its largest: tokenizer and config files, the
+    graph, norms, biases, RoPE tables and the external-data alignment (4 KiB per tensor at most)."""
+    from ..export.writer import context_limit
+    s = src.spec
+    ml = max_length or context_limit(s)
+    tok = sum(p.stat().st_size for p in Path(src._staged.name).iterdir()) if src._staged else 16 << 20
+    floats = 2 * ml * (s.head_dim // 2) + (2 * s.num_layers + 1) * s.hidden_size
+    floats += s.num_layers * ((s.num_heads + 2 * s.num_kv_heads) * s.head_dim * s.qkv_bias + 2 * s.head_dim * s.qk_norm)
+    tensors = 16 * s.num_layers + 16
+    return tok + 4 * floats + 4096 * tensors + (1 << 20)  # + 1 MiB: graph, manifest, recipe, configs
+
+
+def _allocate(src, budget, calibration: str, n_windows: int, seq_len: int, seed: int, max_length,
+              progress: bool) -> tuple[Plan, dict[str, Any]]:
+    from . import allocate as A
+    from .calibration import calibration_tokens, sample_windows
+    from .recipe import linear_shapes, table_bytes
+    from .sensitivity import fisher, predict
+    spec = src.spec
+    tables = ["table"] if spec.tie_word_embeddings else ["embedding", "lm_head"]
+    shapes = linear_shapes(spec)
+    cand = {k: [Format.parse(f) for f in LINEAR_CHOICES] for k in shapes}
+    cand.update({t: [Format.parse(f) for f in TABLE_CHOICES] for t in tables})
+    options = {}
+
+    def options_from(pred: dict[str, dict[str, float]] | None) -> dict[str, list[A.Option]]:
+        opts = {}
+        for k, fmts in cand.items():
+            opts[k] = [A.Option(str(f), f.nbytes(*shapes[k]) if k in shapes else
+                                table_bytes(k, f, spec.vocab_size, spec.hidden_size),
+                                pred[k][str(f)] if pred else 0.0) for f in fmts]
+        return opts
+    fixed = fixed_bytes(src, max_length)
+    params = sum(r * c for r, c in shapes.values()) + len(tables) * spec.vocab_size * spec.hidden_size
+    kind, value = budget
+    weights_budget = None
+    if kind == "size":
+        weights_budget = int(value) - fixed
+    elif kind == "bpw":
+        weights_budget = int(value * params / 8)
+    if weights_budget is not None:  # refuse impossible budgets before the slow part
+        sizes = options_from(None)
+        lo, hi = A.cheapest(sizes), A.dearest(sizes)
+        what = f"--target-size {value / 2**20:.1f} MiB" if kind == "size" else f"--bpw {value}"
+        if weights_budget < lo:
+            low = (lo + fixed) / 2**20 if kind == "size" else lo * 8 / params
+            raise InputError(f"{what} is below the smallest plan (every tensor at int4 with blocks of 128: "
+                             f"{low:.1f}{' MiB' if kind == 'size' else ' bits per weight'})")
+        if weights_budget >= hi:
+            high = (hi + fixed) / 2**20 if kind == "size" else hi * 8 / params
+            raise InputError(f"{what} is at or above the all-int8 size ({high:.1f}"
+                             f"{' MiB' if kind == 'size' else ' bits per weight'}): use --bits 8")
     t0 = time.perf_counter()
-    weights = src.weights
-    info: dict[str, Any] = {"method": method, "bits": bits, "group_size": group_size, "sym": sym,
-                            "format": "MatMulNBits", "accuracy_level": accuracy_level,
-                            "embedding": {"bits": e_bits, "group_size": token_group_size} if e_bits else None,
-                            "lm_head": {"bits": h_bits, "group_size": token_group_size} if h_bits else None,
-                            "int8_layers": sorted(keep8)}
-    tokens = QuantTokens(lambda w, b, g: rtn_quantize(w, b, g, sym=False), e_bits, h_bits, token_group_size,
-                         accuracy_level)
+    ids = calibration_tokens(calibration, src.write_tokenizer)
+    windows = sample_windows(ids, n_windows, seq_len, seed + 1)  # not the GPTQ windows (seed)
+    fish, count = fisher(spec, src.weights, windows, seed=seed, progress=progress)
+    pred = predict(fish, count, seq_len, src.weights, spec, cand)
+    del fish
+    options = options_from(pred)
+    chosen = A.for_kl(options, value) if kind == "kl" else A.for_budget(options, weights_budget)
+    nbytes, kl = A.totals(chosen)
+    plan = Plan({k: Format.parse(chosen[k].fmt) for k in shapes},
+                {t: Format.parse(chosen[t].fmt) for t in tables})
+    info = {"kind": {"size": "target-size", "bpw": "bpw", "kl": "target-kl"}[kind], "goal": value,
+            "predicted_kl_rtn": round(kl, 6), "weight_bytes": nbytes, "fixed_bytes_max": fixed,
+            "sensitivity": {"windows": n_windows, "seq_len": seq_len, "seconds": round(time.perf_counter() - t0, 1),
+                            "predicted_kl": {k: {f: round(v, 7) for f, v in d.items()} for k, d in pred.items()}}}
+    return plan, info
+
+
+def _info(method: str, plan: Plan, spec, sym: bool, accuracy_level: int, tie_info: dict,
+          planned: dict[str, Any]) -> dict[str, Any]:
+    bits = sorted({f.bits for f in plan.linears.values()})
+    groups = sorted({f.group_size for f in plan.linears.values()})
+    return {"method": method, "bits": bits[0] if len(bits) == 1 else bits,
+            "group_size": groups[0] if len(groups) == 1 else groups, "sym": sym, "format": "MatMulNBits",
+            "accuracy_level": accuracy_level, "tie_embeddings": tie_info,
+            "embedding": _fmt_json(plan.embedding), "lm_head": _fmt_json(plan.lm_head),
+            "plan": {"how": planned, "counts": plan.counts(),
+                     "tables": {k: "fp32" if f is None else str(f) for k, f in plan.tables.items()},
+                     "linears": {k: str(f) for k, f in plan.linears.items()}}}
+
+
+def _fmt_json(f: Format | None) -> dict | None:
+    return None if f is None else {"bits": f.bits, "group_size": f.group_size}
+
+
+def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: bool, act_order: bool,
+                   damp: float, refit: bool, float_target: bool, calibration: str, samples: int, seq_len: int, seed: int,
+                   accuracy_level: int, max_length, force: bool, progress: bool, save_checkpoint) -> dict:
+    from ..export.nbits import QuantTokens, nbits_linear
+    from ..export.writer import write_artifact
+    from ..pack import rtn
+    from . import recipe as R
+    from .calibrate import Options, calibrate, rtn_linears
+    from .calibration import calibration_tokens, sample_windows
+    spec, weights = src.spec, src.weights
+    tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), plan.embedding, plan.lm_head, accuracy_level)
     result = None
     linears: dict = {}
     if method == "rtn":
-        rtn_lookup = rtn_linears(bits, group_size, sym, keep8)
+        rtn_lookup = rtn_linears(lambda name: plan.linears[name], sym)
 
         def lookup(name: str, w: np.ndarray):
-            p = rtn_lookup(name, w)
-            if save_checkpoint is not None:  # kept for the checkpoint
-                linears[name] = p
+            linears[name] = p = rtn_lookup(name, w)
             return p
     else:
-        windows = sample_windows(calibration_tokens(calibration, src.write_tokenizer), samples, seq_len, seed)
+        ids = calibration_tokens(calibration, src.write_tokenizer)
+        if samples * seq_len < max(spec.intermediate_size, spec.hidden_size):
+            import sys
+            print(f"warning: {samples} x {seq_len} = {samples * seq_len} calibration tokens is fewer than "
+                  f"down_proj's {spec.intermediate_size} inputs: its Hessian is rank-deficient and damping "
+                  "decides; use --samples / --seq-len for at least that many", file=sys.stderr)
+        windows = sample_windows(ids, samples, seq_len, seed)
         embed_dq = None
-        if e_bits is not None:
-            embed_dq = rtn_quantize(weights.get("model.embed_tokens.weight"), e_bits, token_group_size).dequantize()
-        opts = Options(method=method, bits=bits, group_size=group_size, sym=sym, act_order=act_order, damp=damp,
-                       int8_layers=keep8)
+        if plan.embedding is not None:
+            f = plan.embedding
+            embed_dq = rtn(weights.get("model.embed_tokens.weight"), f.bits, f.group_size).dequantize()
+        opts = Options(method=method, formats=dict(plan.linears), sym=sym, act_order=act_order, damp=damp,
+                       refit=refit, asymmetric=float_target)
         result = calibrate(spec, weights, windows, opts, embed_dequant=embed_dq, progress=progress)
         del embed_dq
         weights = _Overlay(weights, result.overrides)
@@ -126,16 +310,30 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
             return linears[name]
         info.update(calibration=calibration, samples=samples, seq_len=seq_len, seed=seed)
         if method == "gptq":
-            info.update(act_order=act_order, damp=damp)
+            info.update(act_order=act_order, damp=damp, refit=refit, true_sequential=True, float_target=float_target)
         info["calibration_seconds"] = round(result.seconds, 1)
     src.weights = weights
-    manifest = write_artifact(src, out, max_length=max_length, force=force, linear=nbits_linear(lookup, accuracy_level),
-                              tokens=tokens, quantization=info, progress=progress)
-    manifest["quantize_seconds"] = round(time.perf_counter() - t0, 2)
+    recipe_json = plan.to_json(spec, method, {"how": info["plan"]["how"].get("kind")})
+
+    def extra(tmp: Path) -> None:
+        R.save(recipe_json, tmp / "recipe.json")
+    manifest = write_artifact(src, out, max_length=max_length, force=force,
+                              linear=nbits_linear(lookup, accuracy_level), tokens=tokens, quantization=info,
+                              progress=progress, extra_files=extra)
     manifest["tied_embedding_shared"] = tokens.shared
     if result is not None:
         manifest["per_layer_error"] = result.per_layer_error
+        if result.refit_gain:
+            manifest["refit_error_ratio_mean"] = float(np.mean(result.refit_gain))
     if save_checkpoint is not None:
         from .checkpoint import save_gptq_checkpoint
-        save_gptq_checkpoint(src, linears, Path(save_checkpoint), info, force=force, sources=src.paths)
+        save_gptq_checkpoint(src, linears, Path(save_checkpoint), {**info, "bits": plan.linears[next(iter(
+            plan.linears))].bits, "group_size": _one_group(plan)}, force=force, sources=src.paths)
     return manifest
+
+
+def _one_group(plan: Plan) -> int:
+    groups = {f.group_size for f in plan.linears.values()}
+    if len(groups) > 1:
+        raise InputError("a GPTQ checkpoint holds one group size; this plan mixes several")
+    return groups.pop()

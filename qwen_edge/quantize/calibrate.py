@@ -1,10 +1,11 @@
-"""Calibration data and the layer-by-layer driver for GPTQ and AWQ.
+"""The layer-by-layer driver for GPTQ and AWQ, each linear in the format its plan gives it.
 
-Each decoder layer is loaded alone in fp32 and run twice over the calibration samples: once with its
-float weights to gather what the method needs about each linear's inputs (GPTQ: the Hessian; AWQ: a token
-sample), and once with the just-quantized weights, whose outputs become the next layer's inputs. So every
-layer is calibrated on the outputs of the already-quantized layers before it, and memory holds one layer's
-float weights, the packed results and two hidden-state buffers [samples, seq_len, hidden].
+Each decoder layer is loaded alone in fp32. GPTQ is true-sequential inside the layer: q/k/v are quantized
+on the Hessian of the layer's input; o_proj's Hessian is then taken from the attention output computed
+with the quantized q/k/v, gate/up's from the MLP input after the quantized o_proj, down's from the
+activations of the quantized gate/up. So every linear is fitted to the inputs it will really see, and the
+layer's output with all four quantized feeds the next layer. Memory holds one layer's float weights, the
+packed results and a few hidden-state buffers [samples, seq_len, hidden].
 """
 
 from __future__ import annotations
@@ -12,78 +13,40 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..errors import QwenEdgeError
+from ..pack import NBits, QWeight, to_matmulnbits
 from ..spec import ModelSpec
 from .awq import awq_quantize, search_scale, token_error
-from .gptq import Hessian, gptq_quantize
+from .gptq import Hessian, gptq_quantize, refit_scales
 from .layer import LINEARS, DecoderLayer, rms_norm, rope_tables
-from ..pack import NBits, QWeight, to_matmulnbits
-from .rtn import rtn_quantize
-
-
-
-def _tokenizer(write_tokenizer: Callable[[Path], None]):
-    import tempfile
-
-    from tokenizers import Tokenizer
-    with tempfile.TemporaryDirectory() as d:
-        write_tokenizer(Path(d))
-        return Tokenizer.from_file(str(Path(d) / "tokenizer.json"))
-
-
-def calibration_text(name: str) -> str:
-    if name == "enwiki":
-        from ..data.enwiki import enwiki_text
-        return enwiki_text(split="calibration")  # evaluation reads the other articles
-    p = Path(name)
-    if not p.is_file():
-        raise QwenEdgeError(f"calibration must be 'enwiki' or a text file; no such file: {name}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise QwenEdgeError(f"cannot read calibration file {p}: {e}") from None
-    if not text.strip():
-        raise QwenEdgeError(f"calibration file {p} has no text")
-    return text
-
-
-def calibration_tokens(name: str, write_tokenizer: Callable[[Path], None]) -> np.ndarray:
-    return np.asarray(_tokenizer(write_tokenizer).encode(calibration_text(name)).ids, dtype=np.int64)
-
-
-def sample_windows(ids: np.ndarray, samples: int, seq_len: int, seed: int) -> np.ndarray:
-    """`samples` distinct, non-overlapping windows of `seq_len` tokens, chosen by `seed`: [samples, seq_len]."""
-    if samples < 1 or seq_len < 2:
-        raise QwenEdgeError("--samples must be >= 1 and --seq-len >= 2")
-    n = len(ids) // seq_len
-    if n < samples:
-        raise QwenEdgeError(f"the calibration text has {len(ids)} tokens: not enough for {samples} samples of "
-                            f"{seq_len} tokens; lower --samples or --seq-len")
-    pick = np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
-    return ids[: n * seq_len].reshape(n, seq_len)[pick]
+from .recipe import Format
 
 
 @dataclass
 class Options:
     method: str
-    bits: int
-    group_size: int
+    bits: int = 4  # the format of every linear unless `formats` names it
+    group_size: int = 128
+    formats: dict[str, Format] = field(default_factory=dict)  # model.layers.N.<linear> -> format
     sym: bool = False
     act_order: bool = False
     damp: float = 0.01
+    refit: bool = True  # GPTQ: least-squares refit of the group scales under the Hessian
+    true_sequential: bool = True  # GPTQ: each linear's Hessian from the already-quantized ones before it
+    asymmetric: bool = False  # GPTQ: fit the float model's outputs from the quantized inputs (a float stream)
     batch: int = 8  # samples per forward
-    int8_layers: frozenset[int] = frozenset()  # decoder layers kept at 8 bits (mixed precision)
     awq_tokens: int = 2048  # token rows kept per linear for AWQ's scale search (512 of them for clipping)
     awq_attn_tokens: int = 4096  # whole sequences (this many tokens) scoring AWQ's q/k/v scales
     awq_mlp_tokens: int = 1024  # token rows scoring AWQ's gate/up scales by the MLP's output
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def fmt(self, layer: int, name: str) -> Format:
+        return self.formats.get(f"model.layers.{layer}.{name}", Format(self.bits, self.group_size))
 
 
 @dataclass
@@ -92,28 +55,7 @@ class Result:
     overrides: dict[str, np.ndarray]  # float weights changed by the method (AWQ's folded norm scales)
     seconds: float = 0.0
     per_layer_error: list[float] = field(default_factory=list)  # each layer's RMS relative error per token
-
-
-class _Collector:
-    """The hook for pass 1: Hessians (GPTQ) or token samples (AWQ) per linear."""
-
-    def __init__(self, opts: Options, rows: torch.Tensor | None):
-        self.opts, self.rows = opts, rows  # rows: flat token indices kept for AWQ, sorted
-        self.hessians: dict[str, Hessian] = {}
-        self.samples: dict[str, list[torch.Tensor]] = {}
-        self.offset = 0  # flat token index of the current batch's first token
-
-    def __call__(self, name: str, x: torch.Tensor) -> None:
-        flat = x.reshape(-1, x.shape[-1])
-        if self.opts.method == "gptq":
-            self.hessians.setdefault(name, Hessian(flat.shape[1])).add(flat)
-        else:
-            lo, hi = self.offset, self.offset + flat.shape[0]
-            sel = self.rows[(self.rows >= lo) & (self.rows < hi)] - lo
-            self.samples.setdefault(name, []).append(flat[sel].clone())
-
-    def x(self, name: str) -> torch.Tensor:
-        return torch.cat(self.samples[name])
+    refit_gain: list[float] = field(default_factory=list)  # GPTQ: H-weighted error after / before the refit
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -134,45 +76,37 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
     torch.set_num_threads(max(1, opts.threads))
     torch.set_flush_denormal(True)  # subnormal intermediates make the CPU kernels many times slower
     t0 = time.perf_counter()
-    ids = torch.from_numpy(windows)
-    n, L = ids.shape
+    n, L = windows.shape
     emb = embed_dequant if embed_dequant is not None else weights.get("model.embed_tokens.weight")
     h = torch.from_numpy(np.ascontiguousarray(np.asarray(emb, dtype=np.float32)[windows]))
     del emb
-    out = torch.empty_like(h)
     cos, sin = rope_tables(spec, L)
     rows = None
     if opts.method == "awq":
         g = torch.Generator().manual_seed(1234)
         rows = torch.sort(torch.randperm(n * L, generator=g)[: opts.awq_tokens]).values
     result = Result(linears={}, overrides={})
-    bar = _progress(spec.num_layers, f"{opts.method} int{opts.bits}", progress)
+    hf = h.clone() if opts.method == "gptq" and opts.asymmetric else None  # the float model's stream
+    bar = _progress(spec.num_layers, f"{opts.method}", progress)
     try:
         for i in range(spec.num_layers):
             layer = DecoderLayer(spec, weights, i)
-            col = _Collector(opts, rows)
-            ref = torch.empty_like(h)
-            for b0 in range(0, n, opts.batch):
-                col.offset = b0 * L
-                ref[b0:b0 + opts.batch] = layer.forward(h[b0:b0 + opts.batch], cos, sin, col)
-            lopts = replace(opts, bits=8) if i in opts.int8_layers else opts
-            if opts.method == "gptq":
-                q = {name: gptq_quantize(layer.w[name], col.hessians[name].H, lopts.bits, opts.group_size,
-                                         opts.sym, opts.damp, opts.act_order) for name in LINEARS}
+            ref = layer.forward(h[: opts.batch], cos, sin)  # float output of one batch: the layer's error
+            if opts.method == "gptq" and opts.true_sequential:
+                q, out, hf = _gptq_layer(layer, h, cos, sin, opts, result, hf)
+            elif opts.method == "gptq":
+                q, out = _gptq_layer_one_pass(layer, h, cos, sin, opts, result)
             else:
-                q = _awq_layer(layer, col, spec, lopts, h, cos, sin)
+                q = _awq_layer(layer, h, cos, sin, opts, rows)
                 for key in ("input_layernorm", "post_attention_layernorm"):
                     result.overrides[layer.hf_name(key)] = layer.norm[key].numpy().copy()
-            del col
+                out = _forward_all(layer, h, cos, sin, opts.batch)
             for name in LINEARS:
-                layer.w[name] = torch.from_numpy(q[name].dequantize())
                 result.linears[f"model.layers.{i}.{name}"] = to_matmulnbits(q[name])
-            for b0 in range(0, n, opts.batch):
-                out[b0:b0 + opts.batch] = layer.forward(h[b0:b0 + opts.batch], cos, sin)
             # per token, so the attention-sink tokens (100x the others' norm) do not stand for the layer
-            result.per_layer_error.append(token_error(out, ref) ** 0.5)
+            result.per_layer_error.append(token_error(out[: opts.batch], ref) ** 0.5)
             del ref, layer
-            h, out = out, h
+            h = out
             if bar is not None:
                 bar.update(1)
     finally:
@@ -182,8 +116,145 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
     return result
 
 
-def _awq_layer(layer: DecoderLayer, col: _Collector, spec: ModelSpec, opts: Options, h: torch.Tensor,
-               cos: torch.Tensor, sin: torch.Tensor) -> dict[str, QWeight]:
+def _forward_all(layer: DecoderLayer, h: torch.Tensor, cos, sin, batch: int) -> torch.Tensor:
+    out = torch.empty_like(h)
+    for b0 in range(0, len(h), batch):
+        out[b0:b0 + batch] = layer.forward(h[b0:b0 + batch], cos, sin)
+    return out
+
+
+class _Stats:
+    """H = 2/n X^T X of a linear's (quantized-stream) inputs and, for the asymmetric fit, C = 2/n Xf^T X
+    with Xf the same inputs in the float stream."""
+
+    def __init__(self, k: int, asym: bool):
+        self.h, self.c = Hessian(k), (Hessian(k) if asym else None)
+
+    def add(self, x: torch.Tensor, xf: torch.Tensor | None) -> None:
+        self.h.add(x)
+        if self.c is not None:
+            a, b = x.reshape(-1, x.shape[-1]), xf.reshape(-1, x.shape[-1])
+            c = self.c
+            m = a.shape[0]
+            c.H.mul_(c.n / (c.n + m))
+            c.n += m
+            c.H.addmm_(b.T, a, alpha=2.0 / c.n)
+
+    def target(self, w: torch.Tensor, damp: float) -> torch.Tensor:
+        """The weight whose GPTQ fit reproduces the float stream's outputs: W C H^-1 (W itself if symmetric)."""
+        if self.c is None:
+            return w
+        H = self.h.H.clone()
+        H.diagonal().add_(damp * H.diagonal().mean())
+        return torch.linalg.solve(H, (w @ self.c.H).T).T  # H symmetric: (W C) H^-1 = (H^-1 (W C)^T)^T
+
+
+def _gptq_layer(layer: DecoderLayer, h: torch.Tensor, cos, sin, opts: Options, result: Result,
+                hf: torch.Tensor | None = None) -> tuple[dict[str, QWeight], torch.Tensor, torch.Tensor | None]:
+    """True-sequential GPTQ of one layer; returns the quantized linears, the layer's quantized output and
+    (with `hf`, the float model's input to this layer) the float output.
+
+    With `hf` (asymmetric): each linear is fitted to reproduce the float model's output of that linear
+    from the inputs the quantized model gives it, min ||W Xf - W_q X||, so errors upstream (earlier layers,
+    and q/k/v for o_proj, ...) are corrected where possible; without it, min ||(W - W_q) X|| on X."""
+    eps, B, i = layer.spec.rms_norm_eps, opts.batch, layer.i
+    ln1, ln2 = layer.norm["input_layernorm"], layer.norm["post_attention_layernorm"]
+    batches = [slice(b0, b0 + B) for b0 in range(0, len(h), B)]
+    asym = hf is not None
+    wf = dict(layer.w)  # float weights (quantization replaces entries, never edits them)
+    q: dict[str, QWeight] = {}
+
+    def quantize(name: str, st: _Stats) -> None:
+        f = opts.fmt(i, name)
+        w = st.target(wf[name], opts.damp)
+        qw = gptq_quantize(w, st.h.H, f.bits, f.group_size, opts.sym, opts.damp, opts.act_order)
+        if opts.refit:
+            qw, before, after = refit_scales(w, qw, st.h.H)
+            result.refit_gain.append(after / before if before > 0 else 1.0)
+        q[name] = qw
+        layer.w[name] = torch.from_numpy(qw.dequantize())
+
+    st = _Stats(h.shape[-1], asym)
+    for sl in batches:
+        st.add(rms_norm(h[sl], ln1, eps), rms_norm(hf[sl], ln1, eps) if asym else None)
+    quantize("self_attn.qkv_proj", st)
+    qd = wf["self_attn.o_proj"].shape[1]
+    core = torch.empty(h.shape[0], h.shape[1], qd)
+    core_f = torch.empty_like(core) if asym else None
+    st = _Stats(qd, asym)
+    for sl in batches:
+        core[sl] = layer.attention_core(rms_norm(h[sl], ln1, eps), cos, sin)
+        if asym:
+            core_f[sl] = layer.attention_core(rms_norm(hf[sl], ln1, eps), cos, sin, qkv_w=wf["self_attn.qkv_proj"])
+        st.add(core[sl], core_f[sl] if asym else None)
+    quantize("self_attn.o_proj", st)
+    mid = torch.empty_like(h)
+    mid_f = torch.empty_like(h) if asym else None
+    st = _Stats(h.shape[-1], asym)
+    for sl in batches:
+        mid[sl] = h[sl] + layer._lin("self_attn.o_proj", core[sl], None)
+        if asym:
+            mid_f[sl] = hf[sl] + layer._lin("self_attn.o_proj", core_f[sl], None, wf["self_attn.o_proj"])
+        st.add(rms_norm(mid[sl], ln2, eps), rms_norm(mid_f[sl], ln2, eps) if asym else None)
+    del core, core_f
+    quantize("mlp.gate_up_proj", st)
+    st = _Stats(wf["mlp.down_proj"].shape[1], asym)
+    for sl in batches:
+        x = layer.mlp_act(rms_norm(mid[sl], ln2, eps))
+        xf = layer.mlp_act(rms_norm(mid_f[sl], ln2, eps), gate_up_w=wf["mlp.gate_up_proj"]) if asym else None
+        st.add(x, xf)
+    quantize("mlp.down_proj", st)
+    del st
+    for sl in batches:  # in place: mid becomes the layer's output (and mid_f the float one)
+        mid[sl] += layer.mlp(rms_norm(mid[sl], ln2, eps))
+        if asym:
+            xf = layer.mlp_act(rms_norm(mid_f[sl], ln2, eps), gate_up_w=wf["mlp.gate_up_proj"])
+            mid_f[sl] += layer._lin("mlp.down_proj", xf, None, wf["mlp.down_proj"])
+    return q, mid, mid_f
+
+
+def _gptq_layer_one_pass(layer: DecoderLayer, h: torch.Tensor, cos, sin, opts: Options,
+                         result: Result) -> tuple[dict[str, QWeight], torch.Tensor]:
+    """The ablation: all four Hessians from one float pass (what true-sequential improves on)."""
+    hess: dict[str, Hessian] = {}
+
+    def hook(name: str, x: torch.Tensor) -> None:
+        hess.setdefault(name, Hessian(x.shape[-1])).add(x)
+    for b0 in range(0, len(h), opts.batch):
+        layer.forward(h[b0:b0 + opts.batch], cos, sin, hook)
+    q = {}
+    for name in LINEARS:
+        f = opts.fmt(layer.i, name)
+        qw = gptq_quantize(layer.w[name], hess[name].H, f.bits, f.group_size, opts.sym, opts.damp, opts.act_order)
+        if opts.refit:
+            qw, before, after = refit_scales(layer.w[name], qw, hess[name].H)
+            result.refit_gain.append(after / before if before > 0 else 1.0)
+        q[name] = qw
+    for name in LINEARS:
+        layer.w[name] = torch.from_numpy(q[name].dequantize())
+    return q, _forward_all(layer, h, cos, sin, opts.batch)
+
+
+class _Samples:
+    """AWQ's token sample per linear input: a fixed set of flat token rows (sorted)."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+        self.samples: dict[str, list[torch.Tensor]] = {}
+        self.offset = 0  # flat token index of the current batch's first token
+
+    def __call__(self, name: str, x: torch.Tensor) -> None:
+        flat = x.reshape(-1, x.shape[-1])
+        lo, hi = self.offset, self.offset + flat.shape[0]
+        sel = self.rows[(self.rows >= lo) & (self.rows < hi)] - lo
+        self.samples.setdefault(name, []).append(flat[sel].clone())
+
+    def x(self, name: str) -> torch.Tensor:
+        return torch.cat(self.samples[name])
+
+
+def _awq_layer(layer: DecoderLayer, h: torch.Tensor, cos, sin, opts: Options,
+               rows: torch.Tensor) -> dict[str, QWeight]:
     """Search and fold the scales (qkv <- input norm, gate_up <- post-attention norm, down <- up rows),
     then clip-search and quantize each linear on inputs divided by the folded scales.
 
@@ -191,9 +262,16 @@ def _awq_layer(layer: DecoderLayer, col: _Collector, spec: ModelSpec, opts: Opti
     a few samples), gate/up by the MLP's output on the token sample: what a weight error costs depends on
     what follows it (softmax, SiLU), which the linears' own output error does not see.
     """
-    bits, bs, sym = opts.bits, opts.group_size, opts.sym
+    spec, i = layer.spec, layer.i
+    col = _Samples(rows)
+    L = h.shape[1]
+    for b0 in range(0, len(h), opts.batch):
+        col.offset = b0 * L
+        layer.forward(h[b0:b0 + opts.batch], cos, sin, col)
+    fmt = {name: opts.fmt(i, name) for name in LINEARS}
     w, inter, eps = layer.w, spec.intermediate_size, spec.rms_norm_eps
     xs = {name: col.x(name) for name in LINEARS}
+    del col
     seqs = h[: max(1, min(len(h), opts.awq_attn_tokens // h.shape[1]))]
     xa = rms_norm(seqs, layer.norm["input_layernorm"], eps)
     ref_a = layer.attention(xa, cos, sin)
@@ -204,12 +282,14 @@ def _awq_layer(layer: DecoderLayer, col: _Collector, spec: ModelSpec, opts: Opti
         "mlp.gate_up_proj": lambda q: token_error(layer.mlp(xm, gate_up_w=q), ref_m),
     }
     for name, norm in (("self_attn.qkv_proj", "input_layernorm"), ("mlp.gate_up_proj", "post_attention_layernorm")):
-        s = search_scale(xs[name], [w[name]], bits, bs, sym, loss=losses[name])
+        f = fmt[name]
+        s = search_scale(xs[name], [w[name]], f.bits, f.group_size, opts.sym, loss=losses[name])
         w[name] = w[name] * s
         layer.norm[norm] = layer.norm[norm] / s
         xs[name] = xs[name] / s
     del xa, ref_a, xm, ref_m, losses
-    s = search_scale(xs["mlp.down_proj"], [w["mlp.down_proj"]], bits, bs, sym)
+    f = fmt["mlp.down_proj"]
+    s = search_scale(xs["mlp.down_proj"], [w["mlp.down_proj"]], f.bits, f.group_size, opts.sym)
     w["mlp.down_proj"] = w["mlp.down_proj"] * s
     gu = w["mlp.gate_up_proj"].clone()
     gu[inter:] = gu[inter:] / s[:, None]  # up rows: its output channel c feeds down's input channel c
@@ -220,35 +300,16 @@ def _awq_layer(layer: DecoderLayer, col: _Collector, spec: ModelSpec, opts: Opti
     for name in LINEARS:
         # q/k clipping is skipped (as in the paper's code): attention scores amplify their errors
         x = xs[name][:clip_rows] if name != "self_attn.qkv_proj" else None
-        q[name] = awq_quantize(w[name], x, bits, bs, sym, clip=x is not None)
+        q[name] = awq_quantize(w[name], x, fmt[name].bits, fmt[name].group_size, opts.sym, clip=x is not None)
+        layer.w[name] = torch.from_numpy(q[name].dequantize())
     return q
 
 
-def layer_index(name: str) -> int:
-    """model.layers.3.mlp.down_proj -> 3."""
-    return int(name.split(".")[2])
+def rtn_linears(formats: Callable[[str], Format], sym: bool) -> Callable[[str, np.ndarray], NBits]:
+    """The RTN lookup: quantize whatever weight the exporter hands over, in its plan's format, on the fly."""
+    from ..pack import rtn
 
-
-def parse_layers(spec: str | None, num_layers: int) -> frozenset[int]:
-    """'0,1,-1' -> {0, 1, num_layers - 1}; negative indices count from the end."""
-    if not spec:
-        return frozenset()
-    out = set()
-    for part in str(spec).split(","):
-        try:
-            i = int(part.strip())
-        except ValueError:
-            raise QwenEdgeError(f"--int8-layers takes layer indices like 0,1,-1; got '{part.strip()}'") from None
-        if not -num_layers <= i < num_layers:
-            raise QwenEdgeError(f"--int8-layers: layer {i} is outside the model's {num_layers} layers")
-        out.add(i % num_layers)
-    return frozenset(out)
-
-
-def rtn_linears(bits: int, group_size: int, sym: bool,
-                int8_layers: frozenset[int] = frozenset()) -> Callable[[str, np.ndarray], NBits]:
-    """The RTN lookup: quantize whatever weight the exporter hands over, on the fly."""
     def lookup(name: str, w: np.ndarray) -> NBits:
-        b = 8 if layer_index(name) in int8_layers else bits
-        return to_matmulnbits(rtn_quantize(w, b, group_size, sym))
+        f = formats(name)
+        return to_matmulnbits(rtn(w, f.bits, f.group_size, sym))
     return lookup

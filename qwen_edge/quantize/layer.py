@@ -68,7 +68,6 @@ class DecoderLayer:
         b = self.b.get(name)
         return y if b is None else y + b
 
-    @torch.no_grad()
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 hook: Callable[[str, torch.Tensor], None] | None = None) -> torch.Tensor:
         """h [B, S, hidden] -> [B, S, hidden]; positions 0..S-1, causal."""
@@ -80,6 +79,11 @@ class DecoderLayer:
                   qkv_w: torch.Tensor | None = None) -> torch.Tensor:
         """The attention block on normed input x [B, S, hidden], o_proj included; `qkv_w` replaces the
         q/k/v weight (AWQ scores candidate quantizations by this block's output)."""
+        return self._lin("self_attn.o_proj", self.attention_core(x, cos, sin, hook, qkv_w), hook)
+
+    def attention_core(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, hook=None,
+                       qkv_w: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention block up to o_proj's input [B, S, heads * head_dim]."""
         s, eps = self.spec, self.spec.rms_norm_eps
         bsz, n, _ = x.shape
         qkv = self._lin("self_attn.qkv_proj", x, hook, qkv_w)
@@ -96,10 +100,13 @@ class DecoderLayer:
         v = v.transpose(1, 2)
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=s.head_dim ** -0.5,
                                              enable_gqa=s.num_heads != s.num_kv_heads)
-        att = att.transpose(1, 2).reshape(bsz, n, qd)
-        return self._lin("self_attn.o_proj", att, hook)
+        return att.transpose(1, 2).reshape(bsz, n, qd)
 
     def mlp(self, x: torch.Tensor, hook=None, gate_up_w: torch.Tensor | None = None) -> torch.Tensor:
         """The MLP on normed input x [..., hidden]; `gate_up_w` replaces the gate/up weight."""
+        return self._lin("mlp.down_proj", self.mlp_act(x, hook, gate_up_w), hook)
+
+    def mlp_act(self, x: torch.Tensor, hook=None, gate_up_w: torch.Tensor | None = None) -> torch.Tensor:
+        """down_proj's input: SiLU(gate) * up [..., intermediate]."""
         gate, up = self._lin("mlp.gate_up_proj", x, hook, gate_up_w).chunk(2, dim=-1)
-        return self._lin("mlp.down_proj", F.silu(gate) * up, hook)
+        return F.silu(gate) * up
