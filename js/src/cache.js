@@ -1,0 +1,144 @@
+// The KV cache of one sequence and the forward step, over an onnxruntime (node or web) session.
+//
+// InPlaceCache (onnxruntime-node): per layer one [1, kv_heads, max_length, head_dim] buffer passed both as
+// past_key_values.N.* and as the preallocated present.N.* output, so GroupQueryAttention writes new keys
+// and values in place: a decode step copies no cache. GrowingCache (onnxruntime-web: its preallocated
+// outputs stay empty, an open onnxruntime bug): the past holds exactly the positions so far and each
+// step's present becomes the next past.
+//
+// The graph's logits_to_keep cannot be fed from JavaScript (node ignores the feed, web rejects it), so a
+// forward pass computes every fed position's logits: the prompt is fed in chunks of `prefillChunk` tokens
+// so no pass computes more than one chunk's logits ([chunk, vocab] floats).
+
+import { QwenEdgeError } from "./errors.js";
+
+class Cache {
+  constructor(session, ort, spec, maxLength, prefillChunk, dtype) {
+    this.session = session;
+    this.ort = ort;
+    this.spec = spec;
+    this.maxLength = maxLength;
+    this.prefillChunk = prefillChunk;
+    this.dtype = dtype; // "float32" | "float16"
+    this.ids = []; // the sequence so far: the first `length` are in the cache, the rest pending
+    this.length = 0;
+    this.vocab = spec.vocab_size;
+  }
+
+  get free() {
+    return this.maxLength - this.ids.length;
+  }
+
+  append(ids) {
+    if (this.ids.length + ids.length > this.maxLength) {
+      throw new QwenEdgeError(`the sequence needs ${this.ids.length + ids.length} tokens but the context holds ${this.maxLength}`);
+    }
+    for (const t of ids) this.ids.push(t);
+  }
+
+  push(id) {
+    if (this.ids.length >= this.maxLength) throw new QwenEdgeError(`the context is full (${this.maxLength} tokens)`);
+    this.ids.push(id);
+  }
+
+  truncate(n) {
+    const keep = Math.max(0, Math.min(n, this.ids.length));
+    this.ids.length = keep;
+    if (this.length > keep) this.rewind(keep);
+  }
+
+  reset() {
+    this.ids = [];
+    this.rewind(0);
+  }
+
+  /** Run the pending ids (in chunks); the last position's logits [vocab]. */
+  async forward() {
+    if (this.length >= this.ids.length) throw new QwenEdgeError("nothing to run: no pending tokens");
+    let logits = null;
+    while (this.length < this.ids.length) {
+      const n = Math.min(this.ids.length - this.length, this.prefillChunk);
+      const ids = new BigInt64Array(n);
+      for (let i = 0; i < n; i++) ids[i] = BigInt(this.ids[this.length + i]);
+      const total = this.length + n;
+      const feeds = {
+        input_ids: new this.ort.Tensor("int64", ids, [1, n]),
+        attention_mask: new this.ort.Tensor("int64", new BigInt64Array(total).fill(1n), [1, total]),
+      };
+      const out = await this.run(feeds, n);
+      const all = out.logits.data;
+      logits = all.slice((n - 1) * this.vocab, n * this.vocab); // a copy: the output's memory is reused
+      out.logits.dispose?.();
+      this.length = total;
+    }
+    return logits;
+  }
+}
+
+function typedArray(dtype, n) {
+  return dtype === "float16" ? new Uint16Array(n) : new Float32Array(n);
+}
+
+export class InPlaceCache extends Cache {
+  constructor(...args) {
+    super(...args);
+    const s = this.spec;
+    const dims = [1, s.num_kv_heads, this.maxLength, s.head_dim];
+    const n = s.num_kv_heads * this.maxLength * s.head_dim;
+    this.buffers = [];
+    for (let i = 0; i < 2 * s.num_layers; i++) this.buffers.push(new this.ort.Tensor(this.dtype, typedArray(this.dtype, n), dims));
+  }
+
+  rewind(n) {
+    this.length = n; // later positions are simply overwritten
+  }
+
+  async run(feeds, n) {
+    const fetches = { logits: null };
+    for (let i = 0; i < this.spec.num_layers; i++) {
+      for (const [j, kind] of [[0, "key"], [1, "value"]]) {
+        const t = this.buffers[2 * i + j];
+        feeds[`past_key_values.${i}.${kind}`] = t;
+        fetches[`present.${i}.${kind}`] = t; // the same tensor: GroupQueryAttention writes in place
+      }
+    }
+    return this.session.run(feeds, fetches);
+  }
+}
+
+export class GrowingCache extends Cache {
+  constructor(...args) {
+    super(...args);
+    this.rewind(0);
+  }
+
+  rewind(n) {
+    const s = this.spec;
+    if (n === 0 || !this.past) {
+      const dims = [1, s.num_kv_heads, 0, s.head_dim];
+      this.past = Array.from({ length: 2 * s.num_layers }, () => new this.ort.Tensor(this.dtype, typedArray(this.dtype, 0), dims));
+    } else { // keep the first n positions of every head
+      this.past = this.past.map((t) => {
+        const [, heads, len, hd] = t.dims;
+        const out = typedArray(this.dtype, heads * n * hd);
+        for (let h = 0; h < heads; h++) out.set(t.data.subarray(h * len * hd, h * len * hd + n * hd), h * n * hd);
+        return new this.ort.Tensor(this.dtype, out, [1, heads, n, hd]);
+      });
+    }
+    this.length = n;
+  }
+
+  async run(feeds, n) {
+    const s = this.spec;
+    for (let i = 0; i < s.num_layers; i++) {
+      feeds[`past_key_values.${i}.key`] = this.past[2 * i];
+      feeds[`past_key_values.${i}.value`] = this.past[2 * i + 1];
+    }
+    const out = await this.session.run(feeds);
+    for (let i = 0; i < s.num_layers; i++) {
+      this.past[2 * i] = out[`present.${i}.key`];
+      this.past[2 * i + 1] = out[`present.${i}.value`];
+    }
+    return out;
+  }
+}

@@ -1,0 +1,114 @@
+// qwen-edge for Node.js and Electron's main process: an artifact folder on disk, onnxruntime-node, and the
+// in-place KV cache.
+//
+//   import { loadModel } from "qwen-edge";
+//   const model = await loadModel("out/int4", { threads: 2 });
+//   for await (const piece of model.stream("Hello", { maxNewTokens: 64 })) process.stdout.write(piece);
+
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+
+import { Template } from "@huggingface/jinja";
+import { Tokenizer } from "@huggingface/tokenizers";
+import * as ort from "onnxruntime-node";
+
+import { InPlaceCache } from "./cache.js";
+import { Chat, Model, TextStream } from "./core.js";
+import { QwenEdgeError } from "./errors.js";
+
+export { Chat, Model, QwenEdgeError, TextStream };
+
+const MANIFEST = "qwen_edge.json";
+
+function readJson(file, what) {
+  try {
+    return JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new QwenEdgeError(`cannot read ${what} ${file}: ${e.message.split("\n")[0]}`);
+  }
+}
+
+/**
+ * Check a folder against its manifest: every listed file exists with its recorded size, and (verify) its
+ * sha256 matches. Throws a QwenEdgeError naming the first damaged file. Returns the manifest.
+ */
+export function checkFolder(folder, { verify = true } = {}) {
+  if (!fs.existsSync(folder) || !fs.statSync(folder).isDirectory()) throw new QwenEdgeError(`no such model folder: ${folder}`);
+  const mpath = path.join(folder, MANIFEST);
+  if (!fs.existsSync(mpath)) throw new QwenEdgeError(`${folder} is not a qwen-edge model folder (no ${MANIFEST})`);
+  const m = readJson(mpath, "the manifest");
+  if (m.format !== "qwen-edge-artifact" || typeof m.files !== "object" || typeof m.model !== "object") {
+    throw new QwenEdgeError(`${mpath} is not a qwen-edge manifest`);
+  }
+  if ((m.format_version ?? 0) > 1) throw new QwenEdgeError(`${folder} has artifact format ${m.format_version}: upgrade qwen-edge`);
+  for (const name of ["model.onnx", "tokenizer.json"]) {
+    if (!(name in m.files)) throw new QwenEdgeError(`${folder} is damaged: its manifest does not list ${name}`);
+  }
+  const sizes = m.sizes || {};
+  for (const [name, digest] of Object.entries(m.files)) {
+    const f = path.join(folder, name);
+    if (!fs.existsSync(f)) throw new QwenEdgeError(`${folder} is damaged: ${name} is missing (listed in ${MANIFEST})`);
+    const size = fs.statSync(f).size;
+    if (name in sizes && size !== sizes[name]) {
+      throw new QwenEdgeError(`${folder} is damaged: ${name} has ${size} bytes, its manifest says ${sizes[name]}`);
+    }
+    if (verify && sha256(f) !== digest) {
+      throw new QwenEdgeError(`${folder} is damaged: ${name} does not match its manifest (sha256); re-export it ` +
+        "(or pass verify: false)");
+    }
+  }
+  return m;
+}
+
+function sha256(file) {
+  const h = crypto.createHash("sha256");
+  const fd = fs.openSync(file, "r");
+  const buf = Buffer.allocUnsafe(1 << 22);
+  try {
+    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) h.update(buf.subarray(0, n));
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest("hex");
+}
+
+/**
+ * Load an artifact folder. Options: threads (0 = onnxruntime's default), maxLength (a shorter context:
+ * smaller KV caches), verify (sha256 of every file; sizes are always checked), prefillChunk (tokens per
+ * prefill pass, whose logits are all computed).
+ * @returns {Promise<Model>}
+ */
+export async function loadModel(folder, { threads = 0, maxLength, verify = true, prefillChunk = 64 } = {}) {
+  const manifest = checkFolder(folder, { verify });
+  if (!Number.isInteger(prefillChunk) || prefillChunk < 1) throw new QwenEdgeError(`prefillChunk must be an integer >= 1, got ${prefillChunk}`);
+  if (!Number.isInteger(threads) || threads < 0) throw new QwenEdgeError(`threads must be an integer >= 0, got ${threads}`);
+  const tokJson = readJson(path.join(folder, "tokenizer.json"), "the tokenizer");
+  const tokCfgPath = path.join(folder, "tokenizer_config.json");
+  const tokenizerConfig = fs.existsSync(tokCfgPath) ? readJson(tokCfgPath, "the tokenizer config") : {};
+  let tokenizer;
+  try {
+    tokenizer = new Tokenizer(tokJson, tokenizerConfig);
+  } catch (e) {
+    throw new QwenEdgeError(`${folder}: tokenizer.json does not load (${e.message})`);
+  }
+  const genPath = path.join(folder, "generation_config.json");
+  const generationConfig = fs.existsSync(genPath) ? readJson(genPath, "the generation config") : {};
+  const jinjaPath = path.join(folder, "chat_template.jinja");
+  const templateText = fs.existsSync(jinjaPath) ? fs.readFileSync(jinjaPath, "utf8") : null;
+  const opts = { graphOptimizationLevel: "all", executionProviders: ["cpu"], logSeverityLevel: 3 };
+  if (threads) opts.intraOpNumThreads = threads;
+  let session;
+  try {
+    session = await ort.InferenceSession.create(path.join(folder, "model.onnx"), opts);
+  } catch (e) {
+    throw new QwenEdgeError(`onnxruntime cannot load ${path.join(folder, "model.onnx")}: ${String(e.message).split("\n")[0]}`);
+  }
+  const dtype = manifest.dtype === "fp16" ? "float16" : "float32";
+  const spec = manifest.model;
+  const backend = {
+    newCache: (n) => new InPlaceCache(session, ort, spec, n, prefillChunk, dtype),
+    close: () => session.release(),
+  };
+  return new Model({ manifest, tokenizer, tokenizerConfig, generationConfig, Template, templateText, backend, maxLength });
+}

@@ -1,0 +1,122 @@
+// The JavaScript runtime against the Python runtime's golden outputs (scripts/js_fixtures.py), on tiny Qwen2
+// and Qwen3 artifacts (fp32 and int4), and the real int4 0.5B when QWEN_EDGE_REAL_INT4 names it.
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+import { checkFolder, loadModel, QwenEdgeError } from "../src/node.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const FIX = process.env.QWEN_EDGE_JS_FIXTURES || path.join(here, ".fixtures");
+const golden = JSON.parse(fs.readFileSync(path.join(FIX, "golden.json"), "utf8"));
+const models = {};
+async function model(name) {
+  models[name] ??= await loadModel(path.join(FIX, name), { threads: 1 });
+  return models[name];
+}
+
+for (const name of Object.keys(golden)) {
+  test(`${name}: greedy tokens and streamed pieces equal Python's`, async () => {
+    const m = await model(name);
+    for (const g of golden[name].generate) {
+      assert.deepEqual(m.promptIds(g.prompt), g.prompt_ids, `prompt ids of ${JSON.stringify(g.prompt)}`);
+      const s = m.stream(g.prompt, { maxNewTokens: g.max_new_tokens, temperature: 0 });
+      const pieces = [];
+      for await (const p of s) pieces.push(p);
+      assert.deepEqual(s.result.tokens, g.tokens, `tokens of ${JSON.stringify(g.prompt)}`);
+      assert.deepEqual(pieces, g.pieces);
+      assert.equal(s.result.text, g.text);
+      assert.equal(s.result.finishReason, g.finish_reason);
+    }
+  });
+
+  test(`${name}: the chat template renders byte for byte as Python's`, async () => {
+    const m = await model(name);
+    for (const r of golden[name].renders) assert.equal(m.render(r.messages), r.text);
+  });
+
+  test(`${name}: a chat reuses its cache across turns and answers as Python's`, async () => {
+    const m = await model(name);
+    const chat = m.chat({ system: "Be brief.", maxNewTokens: 12, temperature: 0 });
+    for (const turn of golden[name].chat) {
+      const reply = await chat.say(turn.user);
+      assert.equal(reply, turn.reply);
+      assert.deepEqual(chat.last.tokens, turn.tokens);
+      assert.equal(chat.last.timings.cachedTokens, turn.cached_tokens);
+    }
+    assert.ok(chat.last.timings.cachedTokens > 0);
+  });
+}
+
+test("sampling with a seed is reproducible (and seeds differ)", async () => {
+  const m = await model("qwen2-fp32");
+  const opts = { maxNewTokens: 20, temperature: 1.0, topK: 50, topP: 0.95, minP: 0.01, repetitionPenalty: 1.1,
+    frequencyPenalty: 0.2, presencePenalty: 0.1 };
+  const a = await m.complete("The quick", { ...opts, seed: 7 });
+  const b = await m.complete("The quick", { ...opts, seed: 7 });
+  const c = await m.complete("The quick", { ...opts, seed: 8 });
+  assert.deepEqual(a.tokens, b.tokens);
+  assert.notDeepEqual(a.tokens, c.tokens);
+});
+
+test("stop strings end the text and are never shown", async () => {
+  const m = await model("qwen3-fp32");
+  const full = await m.generate("def main():\n", { maxNewTokens: 30, temperature: 0 });
+  const stop = full.slice(4, 7);
+  const r = await m.complete("def main():\n", { maxNewTokens: 30, temperature: 0, stop: [stop] });
+  assert.equal(r.text, full.slice(0, full.indexOf(stop)));
+  assert.equal(r.finishReason, "stop");
+});
+
+test("bad input: clear QwenEdgeErrors", async () => {
+  const m = await model("qwen2-fp32");
+  const cases = [
+    [() => loadModel(path.join(FIX, "nope")), /no such model folder/],
+    [() => loadModel(FIX), /not a qwen-edge model folder/],
+    [() => m.generate("x".repeat(0)), /prompt is empty/],
+    [() => m.generate("The quick brown fox ".repeat(300)), /but the context holds 512/],
+    [() => m.generate("hi", { temperature: -1 }), /temperature must be/],
+    [() => m.generate("hi", { topP: 0 }), /topP must be in/],
+    [() => m.generate("hi", { maxNewTokens: 0 }), /maxNewTokens must be/],
+    [() => m.generate("hi", { bogus: 1 }), /unknown option 'bogus'/],
+    [() => m.generate("hi", { stop: [""] }), /must not be empty/],
+    [() => m.generate(42), /a prompt is a string/],
+    [() => m.generate([99999]), /outside the vocabulary/],
+    [() => m.generate("a\ud800b"), /lone surrogate/],
+    [() => m.generate([{ role: "wizard", content: "x" }]), /unknown chat role/],
+    [() => loadModel(path.join(FIX, "qwen2-fp32"), { maxLength: 100000 }), /maxLength must be/],
+  ];
+  for (const [fn, re] of cases) {
+    await assert.rejects(async () => fn(), (e) => e instanceof QwenEdgeError && re.test(e.message), String(re));
+  }
+});
+
+test("a damaged folder is refused before loading (size always, sha256 by default)", () => {
+  const src = path.join(FIX, "qwen2-int4");
+  const bad = fs.mkdtempSync(path.join(FIX, "damaged-"));
+  try {
+    for (const f of fs.readdirSync(src)) fs.copyFileSync(path.join(src, f), path.join(bad, f));
+    const data = path.join(bad, "model.onnx.data");
+    const bytes = fs.readFileSync(data);
+    bytes[5000] ^= 0xff;
+    fs.writeFileSync(data, bytes);
+    assert.throws(() => checkFolder(bad), /model.onnx.data does not match its manifest/);
+    checkFolder(bad, { verify: false }); // same size: only the hash can tell
+    fs.truncateSync(data, 100);
+    assert.throws(() => checkFolder(bad, { verify: false }), /model.onnx.data has 100 bytes/);
+  } finally {
+    fs.rmSync(bad, { recursive: true, force: true });
+  }
+});
+
+test("the real int4 0.5B: 32 greedy tokens equal Python's", { skip: !process.env.QWEN_EDGE_REAL_INT4 && !process.env.QWEN_EDGE_REQUIRE_REAL }, async () => {
+  assert.ok(process.env.QWEN_EDGE_REAL_INT4, "QWEN_EDGE_REQUIRE_REAL is set but QWEN_EDGE_REAL_INT4 is not");
+  const g = JSON.parse(fs.readFileSync(process.env.QWEN_EDGE_REAL_GOLDEN, "utf8"));
+  const m = await loadModel(process.env.QWEN_EDGE_REAL_INT4, { threads: 2, maxLength: 1024 });
+  const r = await m.complete(g.messages, { maxNewTokens: 32, temperature: 0, ignoreEos: true });
+  assert.deepEqual(r.tokens, g.tokens);
+  assert.equal(r.text, g.text);
+  await m.close();
+});
