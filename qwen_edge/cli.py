@@ -36,6 +36,7 @@ def export(
     max_length: Optional[int] = typer.Option(None, help="context length (default: the model's)"),
     revision: Optional[str] = typer.Option(None, help="hub revision (branch, tag or commit)"),
     tie_embeddings: str = typer.Option("off", help="store an embedding and LM head that are one matrix stored twice once: off, auto (when they agree), on"),
+    ort: bool = typer.Option(False, "--ort", help="also write model.ort (ORT format, for onnxruntime's mobile packages; under 2 GiB)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder (one qwen-edge wrote)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar per layer on stderr"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest summary as JSON"),
@@ -43,7 +44,7 @@ def export(
     """Export a model to ONNX with an in-place KV cache."""
     from .export.writer import export as run_export
     m = run_export(source, output, dtype=dtype, max_length=max_length, force=force, revision=revision,
-                   progress=progress, tie_embeddings=tie_embeddings)
+                   progress=progress, tie_embeddings=tie_embeddings, ort_format=ort)
     size = sum((output / n).stat().st_size for n in m["files"])
     summary = {"output": str(output), "dtype": m["dtype"], "max_length": m["max_length"],
                "model_type": m["model"]["model_type"], "layers": m["model"]["num_layers"],
@@ -207,6 +208,7 @@ def quantize_(
     max_length: Optional[int] = typer.Option(None, help="context length (default: the model's)"),
     int8_layers: Optional[str] = typer.Option(None, help="int4 only: decoder layers kept at 8 bits, e.g. 0,1,-1 (uniform plan)"),
     save_checkpoint: Optional[Path] = typer.Option(None, help="also write a GPTQ-format HF folder here"),
+    ort: bool = typer.Option(False, "--ort", help="also write model.ort (ORT format, for onnxruntime's mobile packages; under 2 GiB)"),
     revision: Optional[str] = typer.Option(None, help="hub revision (branch, tag or commit)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder (one qwen-edge wrote)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress on stderr"),
@@ -219,7 +221,7 @@ def quantize_(
                  embed_bits=embed_bits, head_bits=head_bits, token_group_size=token_group_size,
                  accuracy_level=accuracy_level, max_length=max_length, int8_layers=int8_layers,
                  tie_embeddings=tie_embeddings, target_size=target_size, bpw=bpw, target_kl=target_kl,
-                 recipe=recipe, sensitivity_samples=sensitivity_samples, save_checkpoint=save_checkpoint,
+                 recipe=recipe, sensitivity_samples=sensitivity_samples, save_checkpoint=save_checkpoint, ort_format=ort,
                  force=force, revision=revision, progress=progress)
     q = m["quantization"]
     size = sum((output / n).stat().st_size for n in m["files"]) + (output / "qwen_edge.json").stat().st_size

@@ -26,8 +26,8 @@ CONFIG = {  # Qwen2.5-7B-Instruct's config.json (transformers 4.x layout, as on 
     "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
     "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-06, "tie_word_embeddings": False,
     "use_sliding_window": False, "sliding_window": 131072, "max_window_layers": 28, "torch_dtype": "bfloat16",
-    "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu",
-}
+    "bos_token_id": 0, "eos_token_id": 2, "hidden_act": "silu",
+}  # (bos/eos are the stand-in tokenizer's: the real ones are 151643/151645, outside its 400 tokens)
 
 
 def tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:

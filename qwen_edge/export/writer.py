@@ -53,7 +53,7 @@ def _progress(total: int, desc: str, enabled: bool) -> tuple[Callable[[int], Non
 
 def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: int | None = None,
                    force: bool = False, linear: LinearFn | None = None, quantization: dict | None = None,
-                   tokens: Any = None,
+                   tokens: Any = None, ort_format: bool = False,
                    progress: bool = True, extra_files: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Build the graph from `src` into a complete artifact folder at `out`; returns the manifest."""
     if dtype not in DTYPES:
@@ -84,6 +84,9 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
             g.abort()
         g.save(tmp / A.MODEL, f"{spec.model_type}-decoder", overridable=["logits_to_keep"],
                metadata={"qwen_edge.version": __version__})
+        if ort_format:
+            from .ort_format import write_ort
+            write_ort(tmp)
         src.write_tokenizer(tmp)
         gen = dict(src.generation_config)
         eos = gen.get("eos_token_id", [])
@@ -110,12 +113,19 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
 
 def export(source: str, out: str | Path, *, dtype: str = "fp32", max_length: int | None = None,
            force: bool = False, revision: str | None = None, progress: bool = True,
-           tie_embeddings: str = "off") -> dict[str, Any]:
+           tie_embeddings: str = "off", ort_format: bool = False) -> dict[str, Any]:
     out = Path(out)
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
     check_output(out, force, local_paths(source))  # fail before any slow download or load
     src = open_source(source, revision=revision)
+    if ort_format and not src.quantization:  # float weights: their size is known before writing anything
+        from .ort_format import check_size
+        sp = src.spec
+        n = sp.num_layers * (sp.hidden_size * (sp.num_heads + 2 * sp.num_kv_heads) * sp.head_dim
+                             + sp.num_heads * sp.head_dim * sp.hidden_size + 3 * sp.hidden_size * sp.intermediate_size)
+        n += sp.vocab_size * sp.hidden_size * (1 if sp.tie_word_embeddings else 2)
+        check_size(n * (4 if dtype == "fp32" else 2))
     if tie_embeddings != "off":
         from ..sources.tie import tie
         src, _ = tie(src, tie_embeddings)
@@ -125,5 +135,6 @@ def export(source: str, out: str | Path, *, dtype: str = "fp32", max_length: int
         from .nbits import import_hooks
         linear, tokens, info = import_hooks(src)
         return write_artifact(src, out, dtype=dtype, max_length=max_length, force=force, progress=progress,
-                              linear=linear, tokens=tokens, quantization=info)
-    return write_artifact(src, out, dtype=dtype, max_length=max_length, force=force, progress=progress)
+                              linear=linear, tokens=tokens, quantization=info, ort_format=ort_format)
+    return write_artifact(src, out, dtype=dtype, max_length=max_length, force=force, progress=progress,
+                          ort_format=ort_format)

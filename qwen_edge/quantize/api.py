@@ -86,6 +86,7 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
              accuracy_level: int = 4, max_length: int | None = None, int8_layers: str | None = None,
              tie_embeddings: str = "auto", target_size: str | int | None = None, bpw: float | None = None,
              target_kl: float | None = None, recipe: str | Path | None = None, sensitivity_samples: int = 16,
+             ort_format: bool = False,
              save_checkpoint: str | Path | None = None, force: bool = False, revision: str | None = None,
              progress: bool = True) -> dict[str, Any]:
     from ..export.writer import check_output, write_artifact
@@ -146,7 +147,7 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     manifest = _quantize_into(src, out, plan, info, method=method, sym=sym, act_order=act_order, damp=damp,
                               refit=refit, float_target=float_target, calibration=calibration, samples=samples, seq_len=seq_len, seed=seed,
                               accuracy_level=accuracy_level, max_length=max_length, force=force,
-                              progress=progress, save_checkpoint=save_checkpoint)
+                              progress=progress, save_checkpoint=save_checkpoint, ort_format=ort_format)
     manifest["quantize_seconds"] = round(time.perf_counter() - t0, 2)
     if budget and budget[0] == "size":
         size = sum((out / n).stat().st_size for n in manifest["files"]) + (out / "qwen_edge.json").stat().st_size
@@ -270,7 +271,8 @@ def _fmt_json(f: Format | None) -> dict | None:
 
 def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: bool, act_order: bool,
                    damp: float, refit: bool, float_target: bool, calibration: str, samples: int, seq_len: int, seed: int,
-                   accuracy_level: int, max_length, force: bool, progress: bool, save_checkpoint) -> dict:
+                   accuracy_level: int, max_length, force: bool, progress: bool, save_checkpoint,
+                   ort_format: bool = False) -> dict:
     from ..export.nbits import QuantTokens, nbits_linear
     from ..export.writer import write_artifact
     from ..pack import rtn
@@ -319,7 +321,7 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
         R.save(recipe_json, tmp / "recipe.json")
     manifest = write_artifact(src, out, max_length=max_length, force=force,
                               linear=nbits_linear(lookup, accuracy_level), tokens=tokens, quantization=info,
-                              progress=progress, extra_files=extra)
+                              progress=progress, extra_files=extra, ort_format=ort_format)
     manifest["tied_embedding_shared"] = tokens.shared
     if result is not None:
         manifest["per_layer_error"] = result.per_layer_error

@@ -125,6 +125,7 @@ def refit_scales(w: torch.Tensor, qw: QWeight, H: torch.Tensor, chunk: int = 204
     old = torch.from_numpy(qw.scales.astype(np.float32))
     new = old.clone()
     wh = w @ H
+    chunk = max(8, min(chunk, (1 << 26) // (nb * nb)))  # the [rows, groups, groups] systems stay ~256 MB
     for r0 in range(0, n, chunk):
         rs = slice(r0, min(n, r0 + chunk))
         cr = c[rs]
@@ -137,9 +138,11 @@ def refit_scales(w: torch.Tensor, qw: QWeight, H: torch.Tensor, chunk: int = 204
         empty = diag <= 0  # a group whose codes all sit on the zero point: nothing to fit, keep its scale
         A = A + torch.diag_embed(empty.float())
         rhs = torch.where(empty, torch.zeros_like(rhs), rhs)
-        A = A + (1e-7 * diag.abs().mean(-1).clamp(min=1e-30))[:, None, None] * torch.eye(nb)
-        sol, info = torch.linalg.solve_ex(A, rhs.unsqueeze(-1))
-        sol = sol.squeeze(-1)
+        A = A + (1e-6 * diag.abs().mean(-1).clamp(min=1e-30))[:, None, None] * torch.eye(nb)
+        # A is a Gram matrix (symmetric, positive semi-definite): Cholesky, which reports a failed row
+        # instead of raising (a batched LU solve raises on one near-singular member)
+        L, info = torch.linalg.cholesky_ex(A)
+        sol = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
         ok = (info == 0)[:, None] & torch.isfinite(sol) & (sol > 0) & ~empty
         new[rs] = torch.where(ok, sol, old[rs])
     new = new.to(torch.float16).to(torch.float32)
