@@ -1,0 +1,90 @@
+// Types of the qwen-edge JavaScript package (Node entry: src/node.js; browser entry: src/browser.js).
+
+export class QwenEdgeError extends Error {}
+
+export interface Message {
+  role: "system" | "user" | "assistant" | "tool";
+  content: string;
+}
+
+/** A prompt: raw text, chat messages (rendered with the model's template) or token ids. */
+export type Prompt = string | Message[] | number[];
+
+export interface GenerateOptions {
+  maxNewTokens?: number;          // default 512
+  temperature?: number;           // 0 = greedy; default: the model's generation_config
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;     // Hugging Face's, over the whole sequence
+  frequencyPenalty?: number;      // OpenAI's, over the generated tokens (-2..2)
+  presencePenalty?: number;
+  seed?: number | null;           // the same seed gives the same tokens (in JavaScript)
+  stop?: string[];
+  truncate?: boolean;             // cut a too-long prompt from the left instead of failing
+  ignoreEos?: boolean;
+  signal?: AbortSignal;           // stops the generation after the current token
+}
+
+export interface Timings {
+  promptTokens: number;
+  cachedTokens: number;
+  newTokens: number;
+  ttftS: number;
+  prefillS: number;
+  decodeS: number;
+  totalS: number;
+  prefillTps: number;
+  decodeTps: number;
+}
+
+export interface Result {
+  text: string;
+  tokens: number[];
+  finishReason: "eos" | "stop" | "length" | "cancelled";
+  timings: Timings;
+}
+
+export class TextStream implements AsyncIterable<string> {
+  [Symbol.asyncIterator](): AsyncIterator<string>;
+  /** Set once the stream has ended. */
+  result: Result | null;
+  done: boolean;
+  read(): Promise<string>;
+}
+
+export class Chat {
+  messages: Message[];
+  last: Result | null;
+  readonly tokens: number[];
+  send(content: string, options?: GenerateOptions): TextStream;
+  say(content: string, options?: GenerateOptions): Promise<string>;
+  reset(system?: string | null): void;
+}
+
+export class Model {
+  readonly maxLength: number;
+  readonly manifest: { model: Record<string, unknown>; max_length: number; [k: string]: unknown };
+  encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
+  decode(ids: number[], options?: { skipSpecialTokens?: boolean }): string;
+  render(messages: Message[], options?: { addGenerationPrompt?: boolean }): string;
+  promptIds(prompt: Prompt): number[];
+  stream(prompt: Prompt, options?: GenerateOptions): TextStream;
+  complete(prompt: Prompt, options?: GenerateOptions): Promise<Result>;
+  generate(prompt: Prompt, options?: GenerateOptions): Promise<string>;
+  chat(options?: { system?: string | null } & GenerateOptions): Chat;
+  close(): Promise<void>;
+}
+
+export interface LoadOptions {
+  threads?: number;        // onnxruntime intra-op threads (Node) / wasm threads (browser); 0 = default
+  maxLength?: number;      // a shorter context than the export's
+  verify?: boolean;        // sha256 of every file against the manifest (default true; sizes always)
+  prefillChunk?: number;   // prompt tokens per forward pass (default 64)
+}
+
+/** Node: an artifact folder on disk. Browser: the URL the folder is served at. */
+export function loadModel(source: string, options?: LoadOptions & { wasmPaths?: string }): Promise<Model>;
+
+/** Node only: check a folder against its manifest; returns the manifest. */
+export function checkFolder(folder: string, options?: { verify?: boolean }): Record<string, unknown>;
