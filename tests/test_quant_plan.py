@@ -75,9 +75,10 @@ def test_an_untied_source_is_left_alone(tmp_path):
 
 
 def _synthetic_layer(seed: int = 0):
-    from qwen_edge.quantize.layer import DecoderLayer, rope_tables
-    from qwen_edge.sources import open_source
     import tempfile
+
+    from qwen_edge.quantize.layer import rope_tables
+    from qwen_edge.sources import open_source
     d = Path(tempfile.mkdtemp())
     _, folder = make_tiny(d / "hf", seed=seed, hidden_size=128, intermediate_size=320, num_hidden_layers=1,
                           num_attention_heads=4, num_key_value_heads=2)
@@ -180,7 +181,8 @@ def test_fisher_proxy_ranks_tensors_like_measured_kl(tmp_path):
 @pytest.fixture(scope="module")
 def planned(twice, tmp_path_factory):
     """One --target-size quantization (GPTQ) shared by the allocation tests."""
-    from qwen_edge.quantize.api import fixed_bytes, quantize
+    from qwen_edge.quantize.api import quantize
+    from qwen_edge.quantize.plan import fixed_bytes
     from qwen_edge.sources import open_source
     from qwen_edge.sources.tie import tie
     root = tmp_path_factory.mktemp("planned")

@@ -22,12 +22,6 @@ from .recipe import Format, Plan
 
 METHODS = ("rtn", "gptq", "awq")
 TOKEN_BITS = {"4": 4, "8": 8, "32": None, "fp32": None}
-# Candidates for allocation. int8 stays at blocks of 32: with int8 activations (accuracy level 4) larger
-# blocks cost more accuracy than they save (docs/quantize.md).
-LINEAR_CHOICES = ("int4g128", "int4g64", "int4g32", "int8g32")
-TABLE_CHOICES = ("int4g128", "int4g64", "int4g32", "int8g128", "int8g64", "int8g32")
-
-
 class _Overlay:
     """Source weights with some tensors replaced (AWQ's folded norm weights)."""
 
@@ -46,22 +40,6 @@ def parse_token_bits(value: str | int | None, what: str) -> int | None:
     if key not in TOKEN_BITS:
         raise InputError(f"unsupported {what} precision '{value}': choose 8, 4 or fp32")
     return TOKEN_BITS[key]
-
-
-def parse_layers(text: str | None, num_layers: int) -> frozenset[int]:
-    """'0,1,-1' -> {0, 1, num_layers - 1}; negative indices count from the end."""
-    if not text:
-        return frozenset()
-    out = set()
-    for part in str(text).split(","):
-        try:
-            i = int(part.strip())
-        except ValueError:
-            raise InputError(f"--int8-layers takes layer indices like 0,1,-1; got '{part.strip()}'") from None
-        if not -num_layers <= i < num_layers:
-            raise InputError(f"--int8-layers: layer {i} is outside the model's {num_layers} layers")
-        out.add(i % num_layers)
-    return frozenset(out)
 
 
 def validate(method: str, bits: int, group_size: int, calibration: str, damp: float, samples: int = 1,
@@ -89,11 +67,12 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
              ort_format: bool = False,
              save_checkpoint: str | Path | None = None, force: bool = False, revision: str | None = None,
              progress: bool = True) -> dict[str, Any]:
-    from ..export.writer import check_output, write_artifact
+    from ..export.writer import check_output
     from ..outputs import check_target, overlaps
     from ..sources import local_paths, open_source
     from ..sources.tie import tie
     from .checkpoint import is_our_checkpoint
+    from .plan import allocated_plan, parse_goal, uniform_plan
 
     out = Path(out)
     validate(method, bits, group_size, calibration, damp, samples, seq_len)
@@ -104,7 +83,7 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     goals = [g for g in (target_size, bpw, target_kl) if g is not None]
     if len(goals) > 1 or (goals and recipe is not None):
         raise InputError("give one of --target-size, --bpw, --target-kl and --recipe")
-    budget = _parse_goal(target_size, bpw, target_kl)
+    budget = parse_goal(target_size, bpw, target_kl)
     if goals and not 1 <= sensitivity_samples <= 1024:
         raise InputError("--sensitivity-samples must be between 1 and 1024")
     local = local_paths(source)
@@ -134,10 +113,10 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
             raise InputError(f"recipe {recipe} does not fit: its tables do not match this model's")
         planned = {"kind": "recipe", "path": str(recipe)}
     elif goals:
-        plan, planned = _allocate(src, budget, calibration, sensitivity_samples, seq_len, seed, max_length,
+        plan, planned = allocated_plan(src, budget, calibration, sensitivity_samples, seq_len, seed, max_length,
                                   progress)
     else:
-        plan = _uniform(spec, bits, group_size, e_bits, h_bits, token_group_size, int8_layers)
+        plan = uniform_plan(spec, bits, group_size, e_bits, h_bits, token_group_size, int8_layers)
         planned = {"kind": "uniform"}
     if save_checkpoint is not None and len({f.bits for f in plan.linears.values()}) > 1:
         raise InputError("this plan mixes 4- and 8-bit linears, which a GPTQ checkpoint (one bits value) cannot "
@@ -154,102 +133,6 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
         if size > budget[1]:  # the estimate covers the worst case; this is the promise itself
             raise QwenEdgeError(f"internal: {out} is {size} bytes, over the {budget[1]}-byte budget")
     return manifest
-
-
-def _parse_goal(target_size, bpw, target_kl) -> tuple[str, float] | None:
-    from .recipe import parse_size
-    if target_size is not None:
-        return ("size", parse_size(str(target_size)) if not isinstance(target_size, int) else target_size)
-    if bpw is not None:
-        if not 2.0 <= float(bpw) <= 16.0:
-            raise InputError(f"--bpw {bpw} is outside 2..16 bits per weight")
-        return ("bpw", float(bpw))
-    if target_kl is not None:
-        if not float(target_kl) > 0:
-            raise InputError(f"--target-kl {target_kl} must be a positive number (nats per token)")
-        return ("kl", float(target_kl))
-    return None
-
-
-def _uniform(spec, bits: int, group_size: int, e_bits, h_bits, token_group_size: int, int8_layers) -> Plan:
-    from .recipe import uniform
-    keep8 = parse_layers(int8_layers, spec.num_layers) if bits == 4 else frozenset()
-    over = {i: Format(8, group_size) for i in keep8}
-    ef = None if e_bits is None else Format(e_bits, token_group_size)
-    hf = None if h_bits is None else Format(h_bits, token_group_size)
-    tables = {"table": ef} if spec.tie_word_embeddings and ef == hf else {"embedding": ef, "lm_head": hf}
-    return uniform(spec, Format(bits, group_size), tables, over)
-
-
-def fixed_bytes(src, max_length: int) -> int:
-    """Everything in the folder but the quantized weights, at its largest: tokenizer and config files, the
-    graph, norms, biases, RoPE tables and the external-data alignment (4 KiB per tensor at most)."""
-    from ..export.writer import context_limit
-    s = src.spec
-    ml = max_length or context_limit(s)
-    tok = sum(p.stat().st_size for p in Path(src._staged.name).iterdir()) if src._staged else 16 << 20
-    floats = 2 * ml * (s.head_dim // 2) + (2 * s.num_layers + 1) * s.hidden_size
-    floats += s.num_layers * ((s.num_heads + 2 * s.num_kv_heads) * s.head_dim * s.qkv_bias + 2 * s.head_dim * s.qk_norm)
-    tensors = 16 * s.num_layers + 16
-    return tok + 4 * floats + 4096 * tensors + (1 << 20)  # + 1 MiB: graph, manifest, recipe, configs
-
-
-def _allocate(src, budget, calibration: str, n_windows: int, seq_len: int, seed: int, max_length,
-              progress: bool) -> tuple[Plan, dict[str, Any]]:
-    from . import allocate as A
-    from .calibration import calibration_tokens, sample_windows
-    from .recipe import linear_shapes, table_bytes
-    from .sensitivity import fisher, predict
-    spec = src.spec
-    tables = ["table"] if spec.tie_word_embeddings else ["embedding", "lm_head"]
-    shapes = linear_shapes(spec)
-    cand = {k: [Format.parse(f) for f in LINEAR_CHOICES] for k in shapes}
-    cand.update({t: [Format.parse(f) for f in TABLE_CHOICES] for t in tables})
-    options = {}
-
-    def options_from(pred: dict[str, dict[str, float]] | None) -> dict[str, list[A.Option]]:
-        opts = {}
-        for k, fmts in cand.items():
-            opts[k] = [A.Option(str(f), f.nbytes(*shapes[k]) if k in shapes else
-                                table_bytes(k, f, spec.vocab_size, spec.hidden_size),
-                                pred[k][str(f)] if pred else 0.0) for f in fmts]
-        return opts
-    fixed = fixed_bytes(src, max_length)
-    params = sum(r * c for r, c in shapes.values()) + len(tables) * spec.vocab_size * spec.hidden_size
-    kind, value = budget
-    weights_budget = None
-    if kind == "size":
-        weights_budget = int(value) - fixed
-    elif kind == "bpw":
-        weights_budget = int(value * params / 8)
-    if weights_budget is not None:  # refuse impossible budgets before the slow part
-        sizes = options_from(None)
-        lo, hi = A.cheapest(sizes), A.dearest(sizes)
-        what = f"--target-size {value / 2**20:.1f} MiB" if kind == "size" else f"--bpw {value}"
-        if weights_budget < lo:
-            low = (lo + fixed) / 2**20 if kind == "size" else lo * 8 / params
-            raise InputError(f"{what} is below the smallest plan (every tensor at int4 with blocks of 128: "
-                             f"{low:.1f}{' MiB' if kind == 'size' else ' bits per weight'})")
-        if weights_budget >= hi:
-            high = (hi + fixed) / 2**20 if kind == "size" else hi * 8 / params
-            raise InputError(f"{what} is at or above the all-int8 size ({high:.1f}"
-                             f"{' MiB' if kind == 'size' else ' bits per weight'}): use --bits 8")
-    t0 = time.perf_counter()
-    ids = calibration_tokens(calibration, src.write_tokenizer)
-    windows = sample_windows(ids, n_windows, seq_len, seed + 1)  # not the GPTQ windows (seed)
-    fish, count = fisher(spec, src.weights, windows, seed=seed, progress=progress)
-    pred = predict(fish, count, seq_len, src.weights, spec, cand)
-    del fish
-    options = options_from(pred)
-    chosen = A.for_kl(options, value) if kind == "kl" else A.for_budget(options, weights_budget)
-    nbytes, kl = A.totals(chosen)
-    plan = Plan({k: Format.parse(chosen[k].fmt) for k in shapes},
-                {t: Format.parse(chosen[t].fmt) for t in tables})
-    info = {"kind": {"size": "target-size", "bpw": "bpw", "kl": "target-kl"}[kind], "goal": value,
-            "predicted_kl_rtn": round(kl, 6), "weight_bytes": nbytes, "fixed_bytes_max": fixed,
-            "sensitivity": {"windows": n_windows, "seq_len": seq_len, "seconds": round(time.perf_counter() - t0, 1),
-                            "predicted_kl": {k: {f: round(v, 7) for f, v in d.items()} for k, d in pred.items()}}}
-    return plan, info
 
 
 def _info(method: str, plan: Plan, spec, sym: bool, accuracy_level: int, tie_info: dict,

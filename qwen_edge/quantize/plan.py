@@ -1,0 +1,128 @@
+"""Which format each tensor gets: a uniform plan, a replayed recipe, or an allocation to a size, bits-per-weight
+or KL target from the measured sensitivity of every tensor (sensitivity.py, allocate.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .recipe import Format, Plan
+
+# Candidates for allocation. int8 stays at blocks of 32: with int8 activations (accuracy level 4) larger
+# blocks cost more accuracy than they save (docs/quantize.md).
+LINEAR_CHOICES = ("int4g128", "int4g64", "int4g32", "int8g32")
+TABLE_CHOICES = ("int4g128", "int4g64", "int4g32", "int8g128", "int8g64", "int8g32")
+
+
+def parse_layers(text: str | None, num_layers: int) -> frozenset[int]:
+    """'0,1,-1' -> {0, 1, num_layers - 1}; negative indices count from the end."""
+    if not text:
+        return frozenset()
+    out = set()
+    for part in str(text).split(","):
+        try:
+            i = int(part.strip())
+        except ValueError:
+            raise InputError(f"--int8-layers takes layer indices like 0,1,-1; got '{part.strip()}'") from None
+        if not -num_layers <= i < num_layers:
+            raise InputError(f"--int8-layers: layer {i} is outside the model's {num_layers} layers")
+        out.add(i % num_layers)
+    return frozenset(out)
+
+
+def parse_goal(target_size, bpw, target_kl) -> tuple[str, float] | None:
+    from .recipe import parse_size
+    if target_size is not None:
+        return ("size", parse_size(str(target_size)) if not isinstance(target_size, int) else target_size)
+    if bpw is not None:
+        if not 2.0 <= float(bpw) <= 16.0:
+            raise InputError(f"--bpw {bpw} is outside 2..16 bits per weight")
+        return ("bpw", float(bpw))
+    if target_kl is not None:
+        if not float(target_kl) > 0:
+            raise InputError(f"--target-kl {target_kl} must be a positive number (nats per token)")
+        return ("kl", float(target_kl))
+    return None
+
+
+def uniform_plan(spec, bits: int, group_size: int, e_bits, h_bits, token_group_size: int, int8_layers) -> Plan:
+    from .recipe import uniform
+    keep8 = parse_layers(int8_layers, spec.num_layers) if bits == 4 else frozenset()
+    over = {i: Format(8, group_size) for i in keep8}
+    ef = None if e_bits is None else Format(e_bits, token_group_size)
+    hf = None if h_bits is None else Format(h_bits, token_group_size)
+    tables = {"table": ef} if spec.tie_word_embeddings and ef == hf else {"embedding": ef, "lm_head": hf}
+    return uniform(spec, Format(bits, group_size), tables, over)
+
+
+def fixed_bytes(src, max_length: int) -> int:
+    """Everything in the folder but the quantized weights, at its largest: tokenizer and config files, the
+    graph, norms, biases, RoPE tables and the external-data alignment (4 KiB per tensor at most)."""
+    from ..export.writer import context_limit
+    s = src.spec
+    ml = max_length or context_limit(s)
+    tok = sum(p.stat().st_size for p in Path(src._staged.name).iterdir()) if src._staged else 16 << 20
+    floats = 2 * ml * (s.head_dim // 2) + (2 * s.num_layers + 1) * s.hidden_size
+    floats += s.num_layers * ((s.num_heads + 2 * s.num_kv_heads) * s.head_dim * s.qkv_bias + 2 * s.head_dim * s.qk_norm)
+    tensors = 16 * s.num_layers + 16
+    return tok + 4 * floats + 4096 * tensors + (1 << 20)  # + 1 MiB: graph, manifest, recipe, configs
+
+
+def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, seed: int, max_length,
+              progress: bool) -> tuple[Plan, dict[str, Any]]:
+    from . import allocate as A
+    from .calibration import calibration_tokens, sample_windows
+    from .recipe import linear_shapes, table_bytes
+    from .sensitivity import fisher, predict
+    spec = src.spec
+    tables = ["table"] if spec.tie_word_embeddings else ["embedding", "lm_head"]
+    shapes = linear_shapes(spec)
+    cand = {k: [Format.parse(f) for f in LINEAR_CHOICES] for k in shapes}
+    cand.update({t: [Format.parse(f) for f in TABLE_CHOICES] for t in tables})
+    options = {}
+
+    def options_from(pred: dict[str, dict[str, float]] | None) -> dict[str, list[A.Option]]:
+        opts = {}
+        for k, fmts in cand.items():
+            opts[k] = [A.Option(str(f), f.nbytes(*shapes[k]) if k in shapes else
+                                table_bytes(k, f, spec.vocab_size, spec.hidden_size),
+                                pred[k][str(f)] if pred else 0.0) for f in fmts]
+        return opts
+    fixed = fixed_bytes(src, max_length)
+    params = sum(r * c for r, c in shapes.values()) + len(tables) * spec.vocab_size * spec.hidden_size
+    kind, value = budget
+    weights_budget = None
+    if kind == "size":
+        weights_budget = int(value) - fixed
+    elif kind == "bpw":
+        weights_budget = int(value * params / 8)
+    if weights_budget is not None:  # refuse impossible budgets before the slow part
+        sizes = options_from(None)
+        lo, hi = A.cheapest(sizes), A.dearest(sizes)
+        what = f"--target-size {value / 2**20:.1f} MiB" if kind == "size" else f"--bpw {value}"
+        if weights_budget < lo:
+            low = (lo + fixed) / 2**20 if kind == "size" else lo * 8 / params
+            raise InputError(f"{what} is below the smallest plan (every tensor at int4 with blocks of 128: "
+                             f"{low:.1f}{' MiB' if kind == 'size' else ' bits per weight'})")
+        if weights_budget >= hi:
+            high = (hi + fixed) / 2**20 if kind == "size" else hi * 8 / params
+            raise InputError(f"{what} is at or above the all-int8 size ({high:.1f}"
+                             f"{' MiB' if kind == 'size' else ' bits per weight'}): use --bits 8")
+    t0 = time.perf_counter()
+    ids = calibration_tokens(calibration, src.write_tokenizer)
+    windows = sample_windows(ids, n_windows, seq_len, seed + 1)  # not the GPTQ windows (seed)
+    fish, count = fisher(spec, src.weights, windows, seed=seed, progress=progress)
+    pred = predict(fish, count, seq_len, src.weights, spec, cand)
+    del fish
+    options = options_from(pred)
+    chosen = A.for_kl(options, value) if kind == "kl" else A.for_budget(options, weights_budget)
+    nbytes, kl = A.totals(chosen)
+    plan = Plan({k: Format.parse(chosen[k].fmt) for k in shapes},
+                {t: Format.parse(chosen[t].fmt) for t in tables})
+    info = {"kind": {"size": "target-size", "bpw": "bpw", "kl": "target-kl"}[kind], "goal": value,
+            "predicted_kl_rtn": round(kl, 6), "weight_bytes": nbytes, "fixed_bytes_max": fixed,
+            "sensitivity": {"windows": n_windows, "seq_len": seq_len, "seconds": round(time.perf_counter() - t0, 1),
+                            "predicted_kl": {k: {f: round(v, 7) for f, v in d.items()} for k, d in pred.items()}}}
+    return plan, info
