@@ -20,15 +20,17 @@ def real_fp32(example_gguf, tmp_path_factory) -> Path:
     return out
 
 
-REAL_INT4 = dict(method="gptq", bits=4, group_size=128, samples=16, seq_len=256)
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+# The recommended 410 MiB file: its recipe replayed with GPTQ (32 x 512 calibration tokens: full-rank Hessians)
+REAL_INT4 = dict(method="gptq", recipe=RECIPES / "qwen2.5-coder-0.5b-instruct-410mib.json", samples=32, seq_len=512)
 
 
 @pytest.fixture(scope="session")
 def real_int4(example_gguf, tmp_path_factory) -> Path:
-    """The real model quantized to int4 GPTQ once per test session (a small calibration, to keep CI short)."""
+    """The real model at the recommended 410 MiB recipe, quantized once per test session."""
     from qwen_edge.quantize.api import quantize
-    out = tmp_path_factory.mktemp("real") / "int4-gptq"
-    quantize(str(example_gguf), out, max_length=1024, progress=False, **REAL_INT4)
+    out = tmp_path_factory.mktemp("real") / "int4-410"
+    quantize(str(example_gguf), out, max_length=4096, progress=False, **REAL_INT4)
     return out
 
 

@@ -51,13 +51,16 @@ def test_one_matrix_stored_twice_is_stored_once(twice, tmp_path):
     from qwen_edge.export.writer import export
     from qwen_edge.quantize.api import quantize
     export(str(twice), tmp_path / "ref", **KW)
-    a = quantize(str(twice), tmp_path / "auto", method="rtn", bits=8, group_size=32, **KW)
-    off = quantize(str(twice), tmp_path / "off", method="rtn", bits=8, group_size=32, tie_embeddings="off", **KW)
+    a = quantize(str(twice), tmp_path / "auto", method="rtn", bits=8, group_size=32, tie_embeddings="auto", **KW)
+    off = quantize(str(twice), tmp_path / "off", method="rtn", bits=8, group_size=32, **KW)  # int8's default
+    int4 = quantize(str(twice), tmp_path / "int4", method="rtn", bits=4, group_size=32, **KW)  # int4's: auto
+    assert int4["quantization"]["tie_embeddings"]["tied"] and off["quantization"]["tie_embeddings"]["why"] == "off"
+    assert off["quantization"]["embedding"] == {"bits": 8, "group_size": 32}  # int8 tables: blocks of 32
     assert a["quantization"]["tie_embeddings"]["tied"] and a["tied_embedding_shared"]
     assert a["quantization"]["tie_embeddings"]["relative_difference"] == pytest.approx(0.02, rel=0.1)
     assert not off["quantization"]["tie_embeddings"]["tied"] and not off["tied_embedding_shared"]
     size = lambda f: (f / "model.onnx.data").stat().st_size  # noqa: E731
-    table = 512 * 128 * (1 + 5 / 128)  # one int8 table, block 128
+    table = 512 * 128 * (1 + 5 / 32)  # one int8 table, block 32
     assert size(tmp_path / "off") - size(tmp_path / "auto") > 0.9 * table
     ids = list(range(5, 40))
     ref, tied = _logits(tmp_path / "ref", ids), _logits(tmp_path / "auto", ids)
@@ -67,7 +70,7 @@ def test_one_matrix_stored_twice_is_stored_once(twice, tmp_path):
 def test_an_untied_source_is_left_alone(tmp_path):
     from qwen_edge.quantize.api import quantize
     _, folder = make_tiny(tmp_path / "hf", tie_word_embeddings=False)  # independent random head
-    m = quantize(str(folder), tmp_path / "q", method="rtn", bits=8, group_size=32, **KW)
+    m = quantize(str(folder), tmp_path / "q", method="rtn", bits=4, group_size=32, **KW)  # auto
     t = m["quantization"]["tie_embeddings"]
     assert not t["tied"] and t["relative_difference"] > 1.0
     with pytest.raises(InputError, match="choose auto, on or off"):

@@ -1,63 +1,75 @@
-"""The real Qwen2.5-Coder-0.5B-Instruct: int8 and int4 RTN / GPTQ / AWQ exports against the fp32 export on
-held-out enwiki text. Calibration is smaller than the benchmark's (16 x 256 tokens) to keep CI time down;
-docs/quantize.md has the full figures. Gates are what this code measurably achieves with margin, and they
-fail if quality regresses (the issue's stricter targets are not met yet: docs/benchmarks.md)."""
+"""The real Qwen2.5-Coder-0.5B-Instruct: the recommended int4 recipes (410 MiB and 469 MiB, replayed from
+recipes/ with GPTQ) and the recommended int8 file, gated at the issue's targets against the fp32 export on
+held-out enwiki text (articles 61-100; calibration reads 1-60). One quantization per file, shared by the
+tests (the 410 MiB file is the session's `real_int4`, which the eval, serve and JS tests also use).
+docs/benchmarks.md has the full benchmark (32 windows, llama.cpp side by side)."""
+
+import json
 
 import pytest
 
-from conftest import REAL_INT4, manifest
+from conftest import RECIPES, REAL_INT4, manifest
 
 pytestmark = pytest.mark.real
 
-VARIANTS = {
-    "rtn8": dict(method="rtn", bits=8, group_size=128),  # default accuracy_level for int8: 0
-    "rtn8acc4": dict(method="rtn", bits=8, group_size=128, accuracy_level=4),
-    "rtn4": dict(method="rtn", bits=4, group_size=128),
-    "awq4": dict(method="awq", bits=4, group_size=128, samples=16, seq_len=256),
-}
+MIB = 2**20
+INT8 = dict(method="rtn", bits=8, group_size=32, token_group_size=32, tie_embeddings="off")
+
+
+def folder_bytes(folder) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
 @pytest.fixture(scope="module")
 def results(example_gguf, real_fp32, real_int4, tmp_path_factory):
-    """Quantize every variant (gptq4 is the session's shared int4 model), score all on the same windows."""
+    """The 469 MiB recipe (GPTQ), the int8 file, and RTN on the 410 MiB recipe (to show what GPTQ adds),
+    scored with the 410 MiB file against one fp32 reference on the same 16 windows of 512 tokens."""
+    from qwen_edge.eval.run import EvalConfig, evaluate
     from qwen_edge.quantize.api import quantize
-    from qwen_edge.quantize.quality import compare, eval_windows
     root = tmp_path_factory.mktemp("realq")
-    for name, kw in VARIANTS.items():
-        quantize(str(example_gguf), root / name, max_length=1024, progress=False, **kw)
-    (root / "gptq4").symlink_to(real_int4)
-    names = [*VARIANTS, "gptq4"]
-    rows = compare(real_fp32, [root / n for n in names], eval_windows(real_fp32, 4, 512))
-    return root, dict(zip(names, rows))
+    gguf = str(example_gguf)
+    quantize(gguf, root / "int4-469", max_length=4096, progress=False,
+             **{**REAL_INT4, "recipe": RECIPES / "qwen2.5-coder-0.5b-instruct-469mib.json"})
+    quantize(gguf, root / "int8", max_length=4096, progress=False, **INT8)
+    quantize(gguf, root / "rtn-410", max_length=4096, progress=False, method="rtn", recipe=REAL_INT4["recipe"])
+    folders = {"int4-410": real_int4, "int4-469": root / "int4-469", "int8": root / "int8", "rtn-410": root / "rtn-410"}
+    rep = evaluate(EvalConfig(models=[str(f) for f in folders.values()], reference=str(real_fp32), ctx=512,
+                              max_tokens=8192, progress=False, threads=2))
+    metrics = {name: r["metrics"] for name, r in zip(folders, rep["models"])}
+    print(json.dumps({k: {m: round(v, 5) for m, v in x.items() if m in ("kl_mean", "top1", "ppl_increase")}
+                      for k, x in metrics.items()}))
+    return folders, metrics
 
 
-def test_int8_perplexity_gate(results):
-    _, r = results
-    # int8 weights with fp32 activations (the int8 default): the issue's +0.2% target
-    assert r["rtn8"]["ppl_increase"] < 0.002 and r["rtn8"]["kl_mean"] < 0.002 and r["rtn8"]["top1"] > 0.97
-    assert manifest(results[0] / "rtn8")["quantization"]["accuracy_level"] == 0
-    # accuracy_level 4 (int8 activations in the CPU kernel) costs more (measured +0.1..0.5% on 2k tokens)
-    assert r["rtn8acc4"]["ppl_increase"] < 0.01 and r["rtn8acc4"]["kl_mean"] < 0.005 and r["rtn8acc4"]["top1"] > 0.95
+def test_410_mib_recipe_meets_its_targets(results):
+    folders, r = results
+    assert folder_bytes(folders["int4-410"]) <= 410 * MIB
+    assert r["int4-410"]["kl_mean"] <= 0.025 and r["int4-410"]["top1"] >= 0.92, r["int4-410"]
 
 
-def test_gptq_int4_beats_rtn_int4_and_awq_stays_near_it(results):
-    root, r = results
-    print({k: {m: round(v, 4) for m, v in x.items()} for k, x in r.items()})
-    # GPTQ: clearly lower KL than RTN at the same bits and group (measured ~0.67x), and a loose absolute gate
-    # (a broken quantizer lands far above). Perplexity on 2k tokens is too noisy to rank GPTQ against RTN.
-    assert r["gptq4"]["kl_mean"] < 0.8 * r["rtn4"]["kl_mean"]
-    assert r["gptq4"]["ppl_increase"] < 0.12 and r["gptq4"]["top1"] > 0.8
-    # AWQ does not beat RTN on this model (measured KL 1.0x RTN's, perplexity worse; docs/benchmarks.md has
-    # the ablations): a regression gate only.
-    assert r["awq4"]["kl_mean"] < 1.15 * r["rtn4"]["kl_mean"] and r["awq4"]["ppl_increase"] < 0.3
-    for m in ("gptq4", "awq4"):
-        q = manifest(root / m)["quantization"]
-        assert q["calibration"] == "enwiki" and q["samples"] == 16 and q["seq_len"] == 256, m
+def test_469_mib_recipe_meets_its_targets(results):
+    folders, r = results
+    assert folder_bytes(folders["int4-469"]) <= 469 * MIB
+    assert r["int4-469"]["kl_mean"] <= 0.010 and r["int4-469"]["top1"] >= 0.95, r["int4-469"]
 
 
-def test_int4_folder_is_smaller_than_int8(results):
-    root, _ = results
-    size = {n: sum(p.stat().st_size for p in (root / n).iterdir()) for n in (*VARIANTS, "gptq4")}
-    assert size["gptq4"] < 0.8 * size["rtn8"]
+def test_int8_meets_its_target_at_full_speed(results):
+    folders, r = results
+    assert r["int8"]["kl_mean"] <= 0.001 and r["int8"]["top1"] >= 0.98, r["int8"]
+    q = manifest(folders["int8"])["quantization"]
+    assert q["accuracy_level"] == 4  # int8 activations: the fast kernel (level 0 is ~40x slower per matmul)
+
+
+def test_gptq_improves_on_rtn_with_the_same_plan(results):
+    folders, r = results
+    assert r["int4-410"]["kl_mean"] < 0.85 * r["rtn-410"]["kl_mean"], (r["int4-410"], r["rtn-410"])
+    a, b = manifest(folders["int4-410"])["quantization"], manifest(folders["rtn-410"])["quantization"]
+    assert a["plan"]["linears"] == b["plan"]["linears"] and a["plan"]["how"]["kind"] == "recipe"
+
+
+def test_the_shared_tables_are_stored_once(results):
+    folders, _ = results
+    assert manifest(folders["int4-410"])["quantization"]["tie_embeddings"]["tied"]
+    assert not manifest(folders["int8"])["quantization"]["tie_embeddings"]["tied"]  # int8 keeps both copies
     from qwen_edge.artifact import verify
-    assert verify(root / "gptq4") == []
+    assert verify(folders["int4-410"]) == []

@@ -59,10 +59,10 @@ def validate(method: str, bits: int, group_size: int, calibration: str, damp: fl
 def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 4, group_size: int = 32,
              sym: bool = False, act_order: bool = False, damp: float = 0.01, refit: bool = True,
              float_target: bool = False,
-             calibration: str = "enwiki", samples: int = 128, seq_len: int = 512, seed: int = 0,
-             embed_bits: str | int = 8, head_bits: str | int = 8, token_group_size: int = 128,
+             calibration: str = "enwiki", samples: int = 32, seq_len: int = 512, seed: int = 0,
+             embed_bits: str | int = 8, head_bits: str | int = 8, token_group_size: int | None = None,
              accuracy_level: int = 4, max_length: int | None = None, int8_layers: str | None = None,
-             tie_embeddings: str = "auto", target_size: str | int | None = None, bpw: float | None = None,
+             tie_embeddings: str | None = None, target_size: str | int | None = None, bpw: float | None = None,
              target_kl: float | None = None, recipe: str | Path | None = None, sensitivity_samples: int = 16,
              ort_format: bool = False,
              save_checkpoint: str | Path | None = None, force: bool = False, revision: str | None = None,
@@ -76,6 +76,12 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
 
     out = Path(out)
     validate(method, bits, group_size, calibration, damp, samples, seq_len)
+    # int8 is chosen for accuracy (KL <= 0.001): its tables use blocks of 32 (the head's int8 activations are
+    # quantized per block) and keep the source's two copies (tying them alone costs KL ~0.0005, measured);
+    # int4 plans tie them (130 MiB) and keep the tables at blocks of 128
+    uniform8 = bits == 8 and target_size is None and bpw is None and target_kl is None and recipe is None
+    token_group_size = token_group_size or (32 if uniform8 else 128)
+    tie_embeddings = tie_embeddings or ("off" if uniform8 else "auto")
     check_block_size(token_group_size)
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise InputError(f"--accuracy-level {accuracy_level} is outside 0..4")
