@@ -30,15 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llamacpp_env  # noqa: E402
 
 OURS = {
-    # the recommended recipes: a size budget, GPTQ (asymmetric, true-sequential, refit), one tied table
-    "recommended-410": dict(method="gptq", target_size="410MiB", asym=True),
-    "recommended-469": dict(method="gptq", target_size="469MiB", asym=True),
-    "recommended-int8": dict(method="rtn", bits=8, group_size=32, tie_embeddings="off"),
-    "gptq-int4g32": dict(method="gptq", bits=4, group_size=32, asym=True),
-    "gptq-int4g64": dict(method="gptq", bits=4, group_size=64, asym=True),
+    # the recommended files: a size budget (sensitivity + allocation), GPTQ with its defaults, one tied table
+    "target-380MiB": dict(method="gptq", target_size="380MiB"),
+    "recommended-410MiB": dict(method="gptq", target_size="410MiB"),
+    "recommended-469MiB": dict(method="gptq", target_size="469MiB"),
+    "recommended-int8": dict(method="rtn", bits=8),  # blocks of 32, untied tables, accuracy level 4
+    "gptq-int4g32": dict(method="gptq", bits=4, group_size=32),  # every linear int4, tied int8 table
     "rtn-int4g32": dict(method="rtn", bits=4, group_size=32),
-    "rtn-int8g32-tied": dict(method="rtn", bits=8, group_size=32),
-    "rtn-int8g128-acc0-untied": dict(method="rtn", bits=8, group_size=128, accuracy_level=0, tie_embeddings="off"),
 }
 LLAMA = {  # name: (llama.cpp type, imatrix, same grid as the source)
     "Q4_0": ("Q4_0", False, False),
@@ -66,9 +64,7 @@ def run_measured(cmd: list[str], env: dict | None = None, log: Path | None = Non
 def quantize_ours(name: str, gguf: Path, out: Path) -> dict:
     kw = dict(OURS[name])
     args = [sys.executable, "-m", "qwen_edge.cli", "quantize", gguf, "-o", out / name, "--max-length", "4096",
-            "--force", "--no-progress", "--samples", "64", "--seq-len", "512"]
-    if kw.pop("asym", False):
-        args.append("--float-target")
+            "--force", "--no-progress"]
     for k, v in kw.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     return run_measured(args, log=out / f"{name}.log")
