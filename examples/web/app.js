@@ -23,6 +23,8 @@ worker.onmessage = ({ data }) => {
     window.qwenEdgeResult = data.result;
     document.title = "done";
     $("send").disabled = false;
+  } else if (data.type === "bench") {
+    window.qwenEdgeBench = data.result;
   } else if (data.type === "error") {
     setStatus(`error: ${data.message}`);
     window.qwenEdgeError = data.message;
@@ -46,6 +48,7 @@ function send() {
 }
 
 $("send").onclick = send;
+window.qwenEdgeWorker = worker; // for scripted benchmarks
 $("prompt").value = params.get("prompt") || "Write a Python function that checks whether a number is prime.";
 const url = new URL(params.get("model") || "/model/", location.href).href;
 worker.postMessage({ type: "load", url, maxLength: params.has("maxLength") ? Number(params.get("maxLength")) : undefined });

@@ -34,6 +34,10 @@ self.onmessage = async ({ data }) => {
       }
       for await (const piece of stream) self.postMessage({ type: "piece", text: piece });
       self.postMessage({ type: "done", result: stream.result });
+    } else if (data.type === "bench") { // timings on given token ids (scripts/bench_js.mjs)
+      const s = model.stream(data.ids, { maxNewTokens: data.newTokens, temperature: 0, ignoreEos: true });
+      for await (const _ of s); // eslint-disable-line no-unused-vars
+      self.postMessage({ type: "bench", result: s.result });
     } else if (data.type === "reset") {
       chat = null;
     }

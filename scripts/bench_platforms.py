@@ -1,0 +1,56 @@
+"""The same artifact in Python, Node and headless Chromium, side by side in one run: prefill and decode
+tokens/s (medians), time to first token and peak memory, on the same prompt ids (greedy, end tokens ignored).
+
+    python scripts/bench_platforms.py out/int4 [--prompt-tokens 512 --new-tokens 128 --runs 3]
+
+Python: `qwen-edge bench` (onnxruntime, 2 threads, in-place cache, prefill chunks of 256 keeping only the
+last logits). Node: the JavaScript package on onnxruntime-node (2 threads, in-place cache). Chromium: the
+web example's worker on onnxruntime-web wasm (2 threads under cross-origin isolation, growing cache); its
+memory is the browser's processes together. JavaScript cannot feed logits_to_keep, so its prefill computes
+every position's logits in chunks of 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder")
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=3)
+    a = ap.parse_args()
+    from tokenizers import Tokenizer
+
+    from qwen_edge.runtimes.bench import bench_prompt
+    ids = bench_prompt(Tokenizer.from_file(str(Path(a.folder) / "tokenizer.json")), a.prompt_tokens)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(ids, f)
+    py = json.loads(subprocess.run([sys.executable, "-m", "qwen_edge.cli", "bench", a.folder, "--prompt-tokens",
+                                    str(a.prompt_tokens), "--new-tokens", str(a.new_tokens), "--runs", str(a.runs),
+                                    "--threads", "2", "--json", "--no-verify"], capture_output=True, text=True,
+                                   check=True).stdout)
+    js = json.loads(subprocess.run(["node", str(ROOT / "scripts" / "bench_js.mjs"), a.folder, f.name,
+                                    str(a.new_tokens), str(a.runs)], capture_output=True, text=True,
+                                   check=True).stdout.strip().splitlines()[-1])
+    rows = {"Python (onnxruntime)": {"prefill_tps": py["prefill_tps"], "decode_tps": py["decode_tps"],
+                                     "ttft_ms": py["ttft_s"] * 1000, "peak_rss_mib": py["peak_rss_bytes"] / 2**20},
+            "Node (onnxruntime-node)": js["node"], "Chromium (onnxruntime-web wasm, 2 threads)": js["chromium"]}
+    print(json.dumps(rows, indent=2))
+    print(f"\n| runtime | prefill tok/s | decode tok/s | TTFT ms ({a.prompt_tokens} tokens) | peak memory MiB |")
+    print("|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['prefill_tps']:.0f} | {r['decode_tps']:.1f} | {r['ttft_ms']:.0f} | {r['peak_rss_mib']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
