@@ -142,12 +142,16 @@ class _Stats:
             c.H.addmm_(b.T, a, alpha=2.0 / c.n)
 
     def target(self, w: torch.Tensor, damp: float) -> torch.Tensor:
-        """The weight whose GPTQ fit reproduces the float stream's outputs: W C H^-1 (W itself if symmetric)."""
+        """The weight whose GPTQ fit reproduces the float stream's outputs: W C H^-1 (W itself if symmetric).
+
+        Written as the correction W + W (C - H) H^-1 with only the correction damped: damping W C H^-1 as a
+        whole would shrink W along every low-energy input direction (ridge shrinkage) even where the two
+        streams agree exactly (measured: KL 0.30 against 0.03)."""
         if self.c is None:
             return w
         H = self.h.H.clone()
         H.diagonal().add_(damp * H.diagonal().mean())
-        return torch.linalg.solve(H, (w @ self.c.H).T).T  # H symmetric: (W C) H^-1 = (H^-1 (W C)^T)^T
+        return w + torch.linalg.solve(H, (w @ (self.c.H - self.h.H)).T).T  # H symmetric
 
 
 def _gptq_layer(layer: DecoderLayer, h: torch.Tensor, cos, sin, opts: Options, result: Result,
