@@ -37,6 +37,9 @@ OURS = {
     "recommended-int8": dict(method="rtn", bits=8),  # blocks of 32, untied tables, accuracy level 4
     "gptq-int4g32": dict(method="gptq", bits=4, group_size=32),  # every linear int4, tied int8 table
     "rtn-int4g32": dict(method="rtn", bits=4, group_size=32),
+    # the previous int8 default, for speed: blocks of 128, fp32 activations (accuracy level 0)
+    "previous-int8-level0": dict(method="rtn", bits=8, group_size=128, token_group_size=128, accuracy_level=0,
+                                 tie_embeddings="auto"),
 }
 LLAMA = {  # name: (llama.cpp type, imatrix, same grid as the source)
     "Q4_0": ("Q4_0", False, False),

@@ -10,6 +10,7 @@ polled before every forward pass) and frees its slot.
 
 from __future__ import annotations
 
+import hmac
 import json
 import select
 import socket
@@ -60,7 +61,7 @@ class Handler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_PUT
 
     def _handle(self, routes: dict) -> None:
-        self._t0, self._status, self._tokens = time.perf_counter(), 0, ""
+        self._t0, self._status, self._tokens, self._streaming = time.perf_counter(), 0, "", False
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
             self._auth()
@@ -80,6 +81,9 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:
             with self.server.log_lock:
                 traceback.print_exc(file=self.server.log)
+            if self._streaming:  # a 200 and some events are out: end the connection, never a JSON mid-stream
+                self._status, self.close_connection = 500, True
+                return
             try:
                 self._json(500, P.ApiError(500, "internal error", kind="server_error").body())
             except OSError:
@@ -92,7 +96,7 @@ class Handler(BaseHTTPRequestHandler):
         if key is None:
             return
         got = self.headers.get("Authorization", "")
-        if got != f"Bearer {key}":
+        if not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), f"Bearer {key}".encode()):
             raise P.ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
                              code="invalid_api_key", kind="authentication_error",
                              headers={"WWW-Authenticate": "Bearer"})
@@ -152,7 +156,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_stream(self, req: P.Request, kind: str, stream: Any) -> None:
         rid, mid = P.new_id(kind), self.server.model_id
-        self._status = 200
+        self._status, self._streaming = 200, True
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
