@@ -217,7 +217,7 @@ def report(rows: dict, out: Path, gguf: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for fam, color, marker in (("ours", "tab:blue", "o"), ("llama", "tab:orange", "s")):
         p = [x for x in pts if x[0] == fam]
-        ax.scatter([x[2] for x in p], [x[3] for x in p], c=color, marker=marker,
+        ax.scatter([x[2] for x in p], [x[3] for x in p], edgecolors=color, marker=marker, linewidths=1.5,
                    label="qwen-edge" if fam == "ours" else "llama.cpp (hollow: same grid as the source)",
                    facecolors=[("none" if x[4] else color) for x in p])
         for x in p:

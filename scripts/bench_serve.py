@@ -52,7 +52,7 @@ def wait_ready(url: str, timeout: float = 300) -> None:
 def one(client, model: str, prompt: str, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     first = last = None
-    n = 0
+    n = chunks = 0
     for ch in client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                              max_tokens=max_tokens, temperature=0, stream=True,
                                              stream_options={"include_usage": True}):
@@ -60,8 +60,10 @@ def one(client, model: str, prompt: str, max_tokens: int) -> dict:
         if ch.choices and ch.choices[0].delta.content:
             first = first or now
             last = now
+            chunks += 1
         if ch.usage is not None:
             n = ch.usage.completion_tokens
+    n = n or chunks  # llama_cpp.server sends no usage when streaming: one chunk per token there
     return {"ttft": (first or t0) - t0, "tokens": n, "decode_tps": (n - 1) / (last - first) if last and last > first else 0}
 
 
