@@ -192,7 +192,17 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise P.ApiError(400, "invalid Content-Length") from None
         if n > self.server.max_body:
-            self.close_connection = True  # the rest of the body is not read
+            # Clients such as http.client and openai send the whole body before reading a reply: discard a
+            # moderately large one so they see the 413 rather than a broken pipe; beyond 64 MiB, just close.
+            self.close_connection = True
+            if n <= 64 << 20:
+                left = n
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 1 << 16))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+            self._read = True
             raise P.ApiError(413, f"the request body is {n} bytes; this server takes at most {self.server.max_body}",
                              code="request_too_large")
         raw = self.rfile.read(n) if n else b""
