@@ -196,12 +196,7 @@ class Handler(BaseHTTPRequestHandler):
             # moderately large one so they see the 413 rather than a broken pipe; beyond 64 MiB, just close.
             self.close_connection = True
             if n <= 64 << 20:
-                left = n
-                while left > 0:
-                    chunk = self.rfile.read(min(left, 1 << 16))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
+                self._discard(n)
             self._read = True
             raise P.ApiError(413, f"the request body is {n} bytes; this server takes at most {self.server.max_body}",
                              code="request_too_large")
@@ -224,9 +219,17 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             n = 0
         if 0 < n <= self.server.max_body:
-            self.rfile.read(n)
+            self._discard(n)
         elif n:
             self.close_connection = True
+
+    def _discard(self, n: int) -> None:
+        """Read and drop n body bytes in small pieces (never the whole body in memory)."""
+        while n > 0:
+            chunk = self.rfile.read(min(n, 1 << 16))
+            if not chunk:
+                return
+            n -= len(chunk)
 
     def _gone(self) -> bool:
         """True once the client has closed its side (polled between tokens: cheap, no blocking)."""
