@@ -253,6 +253,8 @@ def serve_(
     model_name: Optional[str] = typer.Option(None, help="the model id clients send (default: the folder's name)"),
     threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = all cores)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
+    shutdown_timeout: float = typer.Option(5.0, help="on SIGTERM/SIGINT/SIGHUP: seconds running requests get to finish "
+                                                      "before they are cut (a second signal cuts at once)"),
     as_json: bool = typer.Option(False, "--json", help="print {url, model} as one JSON line on stdout when listening"),
 ) -> None:
     """Serve the model over the OpenAI HTTP API (chat, completions, streaming) until stopped."""
@@ -265,8 +267,9 @@ def serve_(
     try:
         serve(str(model), host=host, port=port, api_key=api_key, parallel=parallel, queue=queue, cache=cache,
               threads=threads, ctx=ctx, max_tokens=max_tokens, max_body=max_body, model_id=model_name,
-              verify=verify, ready=ready)
-    except (KeyboardInterrupt, Interrupted):
+              verify=verify, shutdown_timeout=shutdown_timeout, ready=ready)
+        print("qwen-edge serve: stopped", file=sys.stderr, flush=True)  # every thread joined: exit 0
+    except (KeyboardInterrupt, Interrupted):  # a signal while the model was still loading
         print("qwen-edge serve: stopped", file=sys.stderr, flush=True)  # a requested stop: exit 0
 
 

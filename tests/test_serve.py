@@ -14,43 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from serve_process import ServerProcess
 from tiny_models import make_tiny
 
 openai = pytest.importorskip("openai")  # the dev extra installs it; .ci/run installs the dev extra
-
-
-class ServerProcess:
-    def __init__(self, folder: Path, *args: str):
-        self.p = subprocess.Popen([sys.executable, "-m", "qwen_edge.cli", "serve", str(folder), "--port", "0",
-                                   "--json", "--threads", "1", *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError(self.p.stderr.read())
-        info = json.loads(line)
-        self.url, self.model = info["url"], info["model"]
-        self.host, self.port = self.url.split("//")[1].rsplit(":", 1)
-        self.log: list[str] = []
-        threading.Thread(target=lambda: self.log.extend(self.p.stderr), daemon=True).start()
-
-    def client(self, key: str = "none", **kw):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kw)
-
-    def raw(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        c = http.client.HTTPConnection(self.host, int(self.port), timeout=120)
-        c.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
-        r = c.getresponse()
-        data = r.read()
-        c.close()
-        return r.status, (json.loads(data) if data else None), dict(r.getheaders())
-
-    def rss_mib(self) -> float:
-        with open(f"/proc/{self.p.pid}/status") as f:
-            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS")) / 1024
-
-    def stop(self) -> int:
-        self.p.terminate()
-        return self.p.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

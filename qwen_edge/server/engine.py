@@ -34,6 +34,10 @@ class Gone(Exception):
     """The client left while its request waited."""
 
 
+class Closing(Exception):
+    """The server is stopping: no new generation starts."""
+
+
 class Engine:
     def __init__(self, model: Any, parallel: int = 1, queue: int = 16, cache: int = 4):
         self.model, self.parallel, self.queue_limit, self.cache = model, parallel, queue, cache
@@ -43,11 +47,15 @@ class Engine:
         self._idle: list[Runner] = []  # least recently used first
         self._runners = 0
         self.served = 0
+        self.closing = False  # set by close(): admit refuses, waiting requests leave the line
 
     # --- admission ---------------------------------------------------------------------------------------
     def admit(self, gone: Callable[[], bool]) -> None:
-        """Take a generation slot, waiting in line if all are busy; Busy when the line is full."""
+        """Take a generation slot, waiting in line if all are busy; Busy when the line is full,
+        Closing once the server stops."""
         with self._cond:
+            if self.closing:
+                raise Closing()
             if self.active < self.parallel and not self._waiting:
                 self.active += 1
                 return
@@ -58,12 +66,20 @@ class Engine:
             try:
                 while not (self.active < self.parallel and self._waiting[0] is me):
                     self._cond.wait(0.05)
+                    if self.closing:
+                        raise Closing()
                     if gone():
                         raise Gone()
                 self.active += 1
             finally:
                 self._waiting.remove(me)
                 self._cond.notify_all()
+
+    def close(self) -> None:
+        """Refuse new generations from now on (running ones are ended by their cancel check)."""
+        with self._cond:
+            self.closing = True
+            self._cond.notify_all()
 
     def release(self) -> None:
         with self._cond:

@@ -12,22 +12,30 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import select
 import socket
 import sys
 import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from ..errors import QwenEdgeError
 from . import protocol as P
-from .engine import Busy, Engine, Gone
+from .engine import Busy, Closing, Engine, Gone
+from .lifecycle import GracefulServer, StopSignals
+
+# Deepest nesting of arrays and objects a request body may have. Checked on the raw bytes before parsing, so
+# a 100,000-deep array is a 400 and never reaches the parser's recursion limit. JSON schemas rarely pass 20.
+MAX_JSON_DEPTH = 128
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
+class Server(GracefulServer):
     allow_reuse_address = True
     request_queue_size = 64
 
@@ -47,6 +55,48 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # our own one line per request instead
         pass
 
+    # --- connection life (lifecycle.py shuts idle connections down when the server stops) --------------
+    def setup(self) -> None:
+        super().setup()
+        self.idle = True  # between requests on a keep-alive connection
+        self.server.register(self)
+
+    def handle_one_request(self) -> None:
+        self.idle = True
+        if self.server.stopping.is_set():
+            self.close_connection = True
+            return
+        super().handle_one_request()
+        self.idle = True
+
+    def parse_request(self) -> bool:
+        self.idle = False
+        return super().parse_request()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's errors (bad request line, long URI, oversized headers) as JSON, not HTML."""
+        self._status = code
+        if self.request_version == "HTTP/0.9" or not getattr(self, "command", None):
+            self.request_version = self.protocol_version  # a garbage request line still gets a status line
+        self.close_connection = True
+        text = message or HTTPStatus(code).phrase
+        codes = {400: "bad_request", 414: "uri_too_long", 431: "headers_too_large", 501: "method_not_allowed",
+                 505: "http_version_not_supported"}
+        data = json.dumps(P.ApiError(code, f"{text} (HTTP {code})", code=codes.get(code, "bad_request")).body())
+        try:
+            self.send_response(code, text)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data.encode())
+        except OSError:
+            pass
+        with self.server.log_lock:
+            line = (getattr(self, "requestline", "") or "-")[:80]
+            print(f"{self.client_address[0]} {line!r} {code} ({text})", file=self.server.log, flush=True)
+
     # --- routing -----------------------------------------------------------------------------------------
     def do_GET(self) -> None:
         self._handle({"/v1/models": self._models, "/health": self._health})
@@ -64,6 +114,9 @@ class Handler(BaseHTTPRequestHandler):
         self._t0, self._status, self._tokens, self._streaming = time.perf_counter(), 0, "", False
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
+            if self.server.stopping.is_set():
+                self.close_connection = True
+                raise P.ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
             self._auth()
             fn = routes.get(path)
             if fn is None:
@@ -119,7 +172,8 @@ class Handler(BaseHTTPRequestHandler):
             raise P.ApiError(400, str(e), "messages" if kind == "chat" else "prompt") from None
         room = model.max_length - len(ids)
         if room < 1:
-            raise P.ApiError(400, f"the prompt is {len(ids)} tokens but the context holds {model.max_length}",
+            raise P.ApiError(400, f"the prompt is {len(ids)} tokens but the context holds {model.max_length} "
+                             "(one position must stay free for the reply)",
                              "messages" if kind == "chat" else "prompt", "context_length_exceeded")
         max_new = min(req.max_tokens or self.server.max_tokens, room)
         try:
@@ -135,9 +189,14 @@ class Handler(BaseHTTPRequestHandler):
             self._status = 499
             self.close_connection = True
             return
+        except Closing:
+            self.close_connection = True
+            raise P.ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down") from None
         stream = None
+        cut = self.server.cut
         try:
-            stream = eng.generate(ids, max_new_tokens=max_new, params=params, stop=req.stop, cancel=self._gone)
+            stream = eng.generate(ids, max_new_tokens=max_new, params=params, stop=req.stop,
+                                  cancel=lambda: cut.is_set() or self._gone())
             with stream:
                 self._send_stream(req, kind, stream) if req.stream else self._send_whole(req, kind, stream)
         finally:
@@ -145,14 +204,25 @@ class Handler(BaseHTTPRequestHandler):
             if stream is not None:  # the log line's token counts, however the stream ended
                 self._usage(stream.result)
 
+    def _finish_reason(self, r: Any) -> str | None:
+        """The reason to report, or None when the client left. A generation cut by the server's stop ends
+        like one that reached max_tokens ("length"): the text so far is a complete reply to send."""
+        if r.finish_reason != "cancelled":
+            return r.finish_reason
+        if self.server.cut.is_set() and not self._gone():
+            self.close_connection = True
+            return "length"
+        self._status, self.close_connection = 499, True
+        return None
+
     def _send_whole(self, req: P.Request, kind: str, stream: Any) -> None:
         stream.read()
         r = stream.result
-        if r.finish_reason == "cancelled":
-            self._status, self.close_connection = 499, True
+        reason = self._finish_reason(r)
+        if reason is None:
             return
         use = self._usage(r)
-        self._json(200, P.response(kind, P.new_id(kind), self.server.model_id, r.text, r.finish_reason, use))
+        self._json(200, P.response(kind, P.new_id(kind), self.server.model_id, r.text, reason, use))
 
     def _send_stream(self, req: P.Request, kind: str, stream: Any) -> None:
         rid, mid = P.new_id(kind), self.server.model_id
@@ -167,10 +237,10 @@ class Handler(BaseHTTPRequestHandler):
         for piece in stream:
             self._event(P.chunk(kind, rid, mid, piece))
         r = stream.result
-        if r.finish_reason == "cancelled":
-            self._status, self.close_connection = 499, True
+        reason = self._finish_reason(r)
+        if reason is None:
             return
-        self._event(P.chunk(kind, rid, mid, None, r.finish_reason))
+        self._event(P.chunk(kind, rid, mid, None, reason))
         if req.include_usage:
             self._event(P.chunk(kind, rid, mid, None, use=self._usage(r)))
         self._chunk(b"data: [DONE]\n\n")
@@ -186,11 +256,16 @@ class Handler(BaseHTTPRequestHandler):
     def _body(self) -> Any:
         length = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            raise P.ApiError(411, "send the body with a Content-Length (chunked request bodies are not supported)")
-        try:
-            n = int(length) if length is not None else 0
-        except ValueError:
-            raise P.ApiError(400, "invalid Content-Length") from None
+            self.close_connection = True
+            raise P.ApiError(411, "send the body with a Content-Length (chunked request bodies are not supported)",
+                             code="length_required")
+        if length is None:
+            self.close_connection = True
+            raise P.ApiError(411, "a POST needs a Content-Length header", code="length_required")
+        n = int(length) if length.strip().isdigit() else -1
+        if n < 0:  # the body's end is unknown: this connection cannot carry another request
+            self.close_connection, self._read = True, True
+            raise P.ApiError(400, f"invalid Content-Length {length[:40]!r}: a non-negative integer is required")
         if n > self.server.max_body:
             # Clients such as http.client and openai send the whole body before reading a reply: discard a
             # moderately large one so they see the 413 rather than a broken pipe; beyond 64 MiB, just close.
@@ -202,10 +277,18 @@ class Handler(BaseHTTPRequestHandler):
                              code="request_too_large")
         raw = self.rfile.read(n) if n else b""
         self._read = True
+        if len(raw) < n:
+            self.close_connection = True
+            raise P.ApiError(400, f"the request body ended after {len(raw)} of its {n} bytes")
+        depth = json_depth(raw)
+        if depth > MAX_JSON_DEPTH:
+            raise P.ApiError(400, f"the request body nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
         try:
             return json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise P.ApiError(400, "the request body is not UTF-8") from None
+        except RecursionError:  # the depth check counts brackets outside strings; belt and braces
+            raise P.ApiError(400, "the request body nests too deeply") from None
         except json.JSONDecodeError as e:
             raise P.ApiError(400, f"the request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") \
                 from None
@@ -214,10 +297,10 @@ class Handler(BaseHTTPRequestHandler):
         """Read an unread body so the connection can carry the next request (small bodies only)."""
         if getattr(self, "_read", False) or self.close_connection:
             return
-        try:
-            n = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            n = 0
+        length = (self.headers.get("Content-Length") or "0").strip()
+        n = int(length) if length.isdigit() else 0
+        if not length.isdigit():
+            self.close_connection = True
         if 0 < n <= self.server.max_body:
             self._discard(n)
         elif n:
@@ -249,6 +332,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        if self.server.stopping.is_set():
+            self.close_connection = True
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -268,11 +353,28 @@ class Handler(BaseHTTPRequestHandler):
                   file=self.server.log, flush=True)
 
 
+def json_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text, brackets inside strings not counted.
+
+    No recursion and no per-byte Python loop: strings are blanked by a regex, every byte but brackets is
+    dropped, and the running depth is a cumulative sum (1 MiB of '[' takes a few milliseconds)."""
+    import numpy as np
+    b = _JSON_STRING.sub(b'""', raw).translate(None, _BRACKETS)
+    if not b:
+        return 0
+    a = np.frombuffer(b, np.uint8)
+    steps = np.where((a == ord("[")) | (a == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps).max())
+
+
 def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           parallel: int = 1, queue: int = 16, cache: int = 4, threads: int = 0, ctx: int | None = None,
           max_tokens: int = 2048, max_body: int = 1 << 20, model_id: str | None = None, verify: bool = True,
-          ready: Any = None) -> None:
-    """Load the model and serve until interrupted. `ready(url)` is called once the socket listens."""
+          shutdown_timeout: float = 5.0, ready: Any = None, stop: StopSignals | None = None) -> dict[str, Any]:
+    """Load the model and serve until SIGTERM, SIGHUP or SIGINT (or `stop.first` is set), then stop
+    gracefully (lifecycle.py): running generations get `shutdown_timeout` seconds to finish, then end
+    with finish_reason "length"; a second signal cuts them at once. Returns what the drain did.
+    `ready(url, model_id)` is called once the socket listens."""
     from pathlib import Path
 
     from ..errors import InputError
@@ -281,6 +383,8 @@ def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: st
                         ("--max-tokens", max_tokens, 1), ("--max-body", max_body, 1024)):
         if v < lo:
             raise InputError(f"{name} must be at least {lo}, got {v}")
+    if not 0 <= shutdown_timeout <= 3600:
+        raise InputError(f"--shutdown-timeout must be within 0..3600 seconds, got {shutdown_timeout}")
     if not 0 <= port <= 65535:
         raise InputError(f"--port {port} is outside 0..65535")
     if ctx is None:  # the export's context can be 32k: a server holds up to (parallel + cache) of these
@@ -295,9 +399,21 @@ def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: st
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     h, p = server.server_address[:2]
     url = f"http://{h if ':' not in str(h) else f'[{h}]'}:{p}"
-    if ready is not None:
-        ready(url, mid)
+    signals = stop or StopSignals()
+    # The accept loop runs in a thread of its own, so the main thread is free to wait for a signal and
+    # then drain: a signal handler never runs inside serve_forever or a handler.
+    accept = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="qwen-edge-accept")
+    accept.start()
     try:
-        server.serve_forever(poll_interval=0.2)
+        if ready is not None:
+            ready(url, mid)
+        signals.wait()
     finally:
+        with server.log_lock:  # in order with the request lines
+            print("qwen-edge serve: stopping (finishing running requests; a second signal cuts them)",
+                  file=server.log, flush=True)
+        done = server.drain(shutdown_timeout, signals.second, on_cut=server.engine.close)
+        accept.join()
         server.server_close()
+        signals.restore()
+    return done
