@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import graph_facts
 from .errors import ArtifactError
 
 FORMAT = "qwen-edge-artifact"
@@ -56,6 +57,8 @@ def is_artifact(folder: Path) -> bool:
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"{folder} is a file, not a model folder (give the folder that holds {MANIFEST})")
     if not folder.is_dir():
         raise ArtifactError(f"no such model folder: {folder}")
     path = folder / MANIFEST
@@ -116,6 +119,7 @@ def check(folder: str | Path, manifest: dict[str, Any] | None = None, *, verify:
             raise ArtifactError(f"{folder} is damaged: {name} has {st.st_size} bytes, its manifest says "
                                 f"{sizes[name]}; re-export the model")
         stats[name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    check_model(folder, m)
     if not verify:
         return {"hashed": False, "seconds": time.perf_counter() - t0}
     stamp_path = _stamp_path(folder)
@@ -129,6 +133,63 @@ def check(folder: str | Path, manifest: dict[str, Any] | None = None, *, verify:
     if stamp_path is not None:
         _write_stamp(stamp_path, key)
     return {"hashed": True, "seconds": time.perf_counter() - t0}
+
+
+# Upper bounds on the model fields, far above any Qwen dense model (151,936 tokens, 28 layers at 7B,
+# 128k context), so that a hand-edited manifest and graph that agree still cannot ask for absurd memory.
+MODEL_LIMITS = {"vocab_size": 1 << 20, "num_layers": 512, "num_heads": 1024, "num_kv_heads": 1024,
+                "head_dim": 1024, "hidden_size": 1 << 16, "intermediate_size": 1 << 18}
+MAX_LENGTH_LIMIT = 1 << 20
+
+
+def check_model(folder: str | Path, manifest: dict[str, Any]) -> None:
+    """The manifest's model fields, which every allocation is sized from, checked against model.onnx.
+
+    vocab_size against the logits' last dim, num_layers against the KV inputs and the attention nodes,
+    num_kv_heads / head_dim against the KV inputs' shapes, num_heads against the attention nodes,
+    max_length against the rotary cache's rows; each within MODEL_LIMITS. A mismatch is the same
+    one-line "damaged" error as a bad hash (ArtifactError).
+    """
+    folder = Path(folder)
+    spec = manifest.get("model") or {}
+
+    def damaged(what: str) -> ArtifactError:
+        return ArtifactError(f"{folder} is damaged: {what}; re-export the model")
+
+    want = {}
+    for name, top in (*MODEL_LIMITS.items(), ("max_length", MAX_LENGTH_LIMIT)):
+        v = manifest.get(name) if name == "max_length" else spec.get(name)
+        if v is None and name in ("hidden_size", "intermediate_size"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+            raise damaged(f"its manifest's {name} is {v!r}, not an integer in 1..{top}")
+        want[name] = v
+    try:
+        g = graph_facts.read(folder / MODEL)
+    except (OSError, graph_facts.GraphFormatError) as e:
+        raise damaged(f"{MODEL} cannot be read as an ONNX model ({e})") from None
+
+    def mismatch(name: str, graph_value: Any, where: str) -> None:
+        if graph_value != want[name]:
+            raise damaged(f"its manifest says {name} {want[name]} but {MODEL} has {graph_value} ({where})")
+
+    keys = sorted(int(k.split(".")[1]) for k in g.inputs if k.startswith("past_key_values.") and k.endswith(".key"))
+    if keys != list(range(len(keys))) or not keys or "logits" not in g.outputs:
+        raise damaged(f"{MODEL} does not have the graph's inputs and outputs (docs/artifact.md)")
+    mismatch("num_layers", len(keys), "past_key_values inputs")
+    key0 = g.inputs["past_key_values.0.key"]
+    if len(key0) != 4:
+        raise damaged(f"{MODEL}'s past_key_values.0.key has {len(key0)} dims, not 4")
+    mismatch("num_kv_heads", key0[1], "past_key_values.0.key dim 1")
+    mismatch("head_dim", key0[3], "past_key_values.0.key dim 3")
+    mismatch("vocab_size", (g.outputs["logits"] or [None])[-1], "logits' last dim")
+    if g.attention:
+        mismatch("num_layers", len(g.attention), "GroupQueryAttention nodes")
+        mismatch("num_heads", g.attention[0].get("num_heads"), "GroupQueryAttention num_heads")
+        mismatch("num_kv_heads", g.attention[0].get("kv_num_heads"), "GroupQueryAttention kv_num_heads")
+    cos = g.initializer_dims.get("cos_cache")
+    if cos:
+        mismatch("max_length", cos[0], "rows of the rotary cache cos_cache")
 
 
 def _stamp_path(folder: Path) -> Path | None:

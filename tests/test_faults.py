@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from serve_process import default_sigint
 from tiny_models import make_tiny
 
 
@@ -25,8 +26,10 @@ def src(tmp_path_factory) -> Path:
 
 def start(args: list[str], pause: float = 0.0, cwd: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "TQDM_DISABLE": "1", "QWEN_EDGE_TEST_LAYER_PAUSE": str(pause)}
+    # SIGINT's default disposition in the child: run as a shell's background job the suite inherits SIGINT
+    # ignored, Python then installs no KeyboardInterrupt handler, and the SIGINT cases would see exit 0.
     return subprocess.Popen([sys.executable, "-m", "qwen_edge.cli", *map(str, args)], env=env, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def partials(parent: Path, name: str) -> list[str]:

@@ -41,6 +41,21 @@ export class Model {
     this.template = this.templateText ? new a.Template(this.templateText) : null;
     this.stopTokenIds = stopIds(this.generationConfig, a.tokenizerConfig, this.tokenizer, this.templateText);
     this._idle = [];
+    this.closed = false;
+    this._inflight = new Set(); // forward passes running now: close() waits for them before the release
+  }
+
+  _checkOpen() {
+    if (this.closed) throw new QwenEdgeError("the model is closed: load it again to generate");
+  }
+
+  /** Run one forward pass, known to close() until it settles. */
+  _forward(cache) {
+    const p = cache.forward();
+    this._inflight.add(p);
+    const done = () => this._inflight.delete(p);
+    p.then(done, done);
+    return p;
   }
 
   encode(text, { addSpecialTokens = true } = {}) {
@@ -78,7 +93,8 @@ export class Model {
     if (!ids.length) throw new QwenEdgeError("the prompt is empty");
     if (ids.length < this.maxLength) return ids;
     if (!truncate) {
-      throw new QwenEdgeError(`the prompt is ${ids.length} tokens but the context holds ${this.maxLength}; ` +
+      throw new QwenEdgeError(`the prompt is ${ids.length} tokens but the context holds ${this.maxLength} and one position ` +
+        "must stay free for the reply; " +
         "shorten it or truncate it from the left (truncate: true)");
     }
     return ids.slice(-Math.max(this.maxLength - maxNewTokens, Math.floor(this.maxLength / 2)));
@@ -87,6 +103,7 @@ export class Model {
   /** Generate, as an async iterable of text pieces; `.result` resolves to {text, tokens, finishReason, timings}. */
   stream(prompt, options = {}) {
     const t0 = now();
+    this._checkOpen();
     checkOptions(options);
     const maxNew = checkMaxNew(options.maxNewTokens ?? 512);
     const params = samplingParams(this.generationConfig, options);
@@ -109,12 +126,20 @@ export class Model {
   }
 
   chat({ system = null, ...defaults } = {}) {
+    this._checkOpen();
     checkOptions(defaults);
     return new Chat(this, system, defaults);
   }
 
+  /**
+   * Release the session. Safe mid-generation: running streams end at their next token (finishReason
+   * "cancelled"), the forward passes in flight finish first, and later calls throw a QwenEdgeError.
+   */
   async close() {
+    if (this.closed) return;
+    this.closed = true;
     this._idle = [];
+    await Promise.allSettled([...this._inflight]);
     await this.backend.close?.();
   }
 }
@@ -146,8 +171,9 @@ export class TextStream {
     let tFirst = 0;
     let tLast = 0;
     try {
+      if (this.model.closed) { reason = "cancelled"; return; } // closed before the first step
       let t = now();
-      let logits = await this.cache.forward();
+      let logits = await this.model._forward(this.cache);
       tm.prefillS = now() - t;
       for (let i = 0; i < this.maxNew; i++) {
         const tok = this.sampler.greedy && !penalty ? argmax(logits)
@@ -161,9 +187,9 @@ export class TextStream {
         const [out, stopped] = this.matcher.put(decoder.put(tok));
         if (out) { text.push(out); yield out; }
         if (stopped) { reason = "stop"; break; }
-        if (this.signal?.aborted) { reason = "cancelled"; break; }
+        if (this.signal?.aborted || this.model.closed) { reason = "cancelled"; break; }
         if (i + 1 === this.maxNew || this.cache.free === 0) break;
-        logits = await this.cache.forward();
+        logits = await this.model._forward(this.cache);
       }
       if (reason !== "stop") {
         let [tail, stopped] = this.matcher.put(decoder.flush());
@@ -217,6 +243,7 @@ export class Chat {
 
   /** Send a user message; iterate the returned stream for the reply (added to messages when done). */
   send(content, options = {}) {
+    this.model._checkOpen();
     if (this.busy) throw new QwenEdgeError("the previous reply is still streaming: finish it first");
     if (typeof content !== "string") throw new QwenEdgeError(`a chat message is a string, got ${typeof content}`);
     checkOptions(options);
@@ -260,7 +287,8 @@ export class Chat {
       if (n < limit && (!truncate || n + room <= limit)) return [messages, keep, fresh];
       const first = messages.length && messages[0].role === "system" ? 1 : 0;
       if (!truncate || messages.length - first <= 1) {
-        throw new QwenEdgeError(`the conversation is ${n} tokens but the context holds ${limit}; start a new chat ` +
+        throw new QwenEdgeError(`the conversation is ${n} tokens but the context holds ${limit} and one position must stay ` +
+          "free for the reply; start a new chat " +
           "or drop the oldest turns (truncate: true)");
       }
       messages.splice(first, 1);

@@ -16,6 +16,7 @@ import * as ort from "onnxruntime-node";
 import { InPlaceCache } from "./cache.js";
 import { Chat, Model, TextStream } from "./core.js";
 import { QwenEdgeError } from "./errors.js";
+import { checkModelFields } from "./graph.js";
 
 export { Chat, Model, QwenEdgeError, TextStream };
 
@@ -30,11 +31,15 @@ function readJson(file, what) {
 }
 
 /**
- * Check a folder against its manifest: every listed file exists with its recorded size, and (verify) its
- * sha256 matches. Throws a QwenEdgeError naming the first damaged file. Returns the manifest.
+ * Check a folder against its manifest: every listed file exists with its recorded size, (verify) its
+ * sha256 matches, and the manifest's model fields agree with model.onnx (graph.js). Throws a QwenEdgeError
+ * naming the first damaged file or field. Returns the manifest.
  */
 export function checkFolder(folder, { verify = true } = {}) {
-  if (!fs.existsSync(folder) || !fs.statSync(folder).isDirectory()) throw new QwenEdgeError(`no such model folder: ${folder}`);
+  if (fs.existsSync(folder) && !fs.statSync(folder).isDirectory()) {
+    throw new QwenEdgeError(`${folder} is a file, not a model folder (give the folder that holds ${MANIFEST})`);
+  }
+  if (!fs.existsSync(folder)) throw new QwenEdgeError(`no such model folder: ${folder}`);
   const mpath = path.join(folder, MANIFEST);
   if (!fs.existsSync(mpath)) throw new QwenEdgeError(`${folder} is not a qwen-edge model folder (no ${MANIFEST})`);
   const m = readJson(mpath, "the manifest");
@@ -58,6 +63,7 @@ export function checkFolder(folder, { verify = true } = {}) {
         "(or pass verify: false)");
     }
   }
+  checkModelFields(folder, m, fs.readFileSync(path.join(folder, "model.onnx")));
   return m;
 }
 

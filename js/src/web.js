@@ -6,6 +6,7 @@
 import { GrowingCache } from "./cache.js";
 import { Model } from "./core.js";
 import { QwenEdgeError } from "./errors.js";
+import { checkModelFields } from "./graph.js";
 
 async function get(base, name, kind, fetchFn, optional = false) {
   const url = new URL(name, base).href;
@@ -67,6 +68,7 @@ export async function loadModelFromUrl(baseUrl, deps, { threads = 1, maxLength, 
   onProgress("verify");
   await checkBytes("model.onnx", graph, manifest, verify);
   if (data) await checkBytes("model.onnx.data", data, manifest, verify);
+  checkModelFields("the model", manifest, graph);
   ort.env.wasm.numThreads = threads;
   if (wasmPaths) ort.env.wasm.wasmPaths = wasmPaths;
   onProgress("session");

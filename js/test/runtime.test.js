@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 import { checkFolder, loadModel, QwenEdgeError } from "../src/node.js";
 
@@ -109,6 +109,59 @@ test("a damaged folder is refused before loading (size always, sha256 by default
   } finally {
     fs.rmSync(bad, { recursive: true, force: true });
   }
+});
+
+test("a hand-edited manifest is refused at load: each model field off by one, and absurd values", async () => {
+  const src = path.join(FIX, "qwen2-int4");
+  const bad = fs.mkdtempSync(path.join(FIX, "manifest-"));
+  const { loadModelFromUrl } = await import("../src/web.js");
+  const fileFetch = async (url) => {
+    const f = fileURLToPath(url);
+    return fs.existsSync(f) ? new Response(fs.readFileSync(f)) : new Response(null, { status: 404 });
+  };
+  const deps = { ort: { env: { wasm: {} } }, Tokenizer: class {}, Template: class {} }; // never reached
+  try {
+    for (const f of fs.readdirSync(src)) fs.copyFileSync(path.join(src, f), path.join(bad, f));
+    const good = JSON.parse(fs.readFileSync(path.join(bad, "qwen_edge.json"), "utf8"));
+    const edits = [];
+    for (const k of ["vocab_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"]) {
+      edits.push([k, (m) => { m.model[k] += 1; }], [k, (m) => { m.model[k] -= 1; }]);
+      for (const v of [1e12, -1, 0, "2", true, null, 2.5]) edits.push([k, (m) => { m.model[k] = v; }]);
+    }
+    edits.push(["max_length", (m) => { m.max_length += 1; }], ["max_length", (m) => { m.max_length = 1e12; }]);
+    for (const [field, edit] of edits) {
+      const m = structuredClone(good);
+      edit(m);
+      fs.writeFileSync(path.join(bad, "qwen_edge.json"), JSON.stringify(m));
+      const re = new RegExp(`is damaged: .*${field}`);
+      assert.throws(() => checkFolder(bad, { verify: false }), (e) => e instanceof QwenEdgeError && re.test(e.message), field);
+      await assert.rejects(loadModel(bad), (e) => e instanceof QwenEdgeError && re.test(e.message), field);
+      await assert.rejects(loadModelFromUrl(pathToFileURL(bad).href, deps, { fetch: fileFetch, verify: false }),
+        (e) => e instanceof QwenEdgeError && re.test(e.message), `web ${field}`);
+    }
+    fs.writeFileSync(path.join(bad, "qwen_edge.json"), JSON.stringify(good));
+    await (await loadModel(bad)).close(); // the untouched manifest loads
+  } finally {
+    fs.rmSync(bad, { recursive: true, force: true });
+  }
+});
+
+test("close() mid-generation ends the stream; a closed model is a QwenEdgeError; a file is not a folder", async () => {
+  const m = await loadModel(path.join(FIX, "qwen2-fp32"), { threads: 1 });
+  const s = m.stream("The quick", { maxNewTokens: 400, ignoreEos: true, temperature: 0 });
+  let n = 0;
+  let closing = null;
+  for await (const _ of s) { // eslint-disable-line no-unused-vars
+    if (++n === 3) closing = m.close(); // not awaited: the app quits while the reply streams
+  }
+  await closing;
+  assert.equal(s.result.finishReason, "cancelled");
+  assert.ok(s.result.tokens.length < 400);
+  await assert.rejects(m.generate("hi"), (e) => e instanceof QwenEdgeError && /model is closed/.test(e.message));
+  assert.throws(() => m.chat(), (e) => e instanceof QwenEdgeError && /model is closed/.test(e.message));
+  await m.close(); // twice is fine
+  await assert.rejects(loadModel(path.join(FIX, "golden.json")), (e) => e instanceof QwenEdgeError &&
+    /is a file, not a model folder/.test(e.message));
 });
 
 test("the real int4 0.5B: 32 greedy tokens equal Python's", { skip: !process.env.QWEN_EDGE_REAL_INT4 && !process.env.QWEN_EDGE_REQUIRE_REAL }, async () => {

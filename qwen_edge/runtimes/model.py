@@ -85,6 +85,9 @@ class Model:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt, **kw)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, (bytes, bytearray, memoryview)):  # a Sequence of ints, but never token ids
+            raise InputError(f"a prompt of {type(prompt).__name__} is not accepted: decode it to a string first "
+                             "(or pass token ids as a list of ints)")
         if isinstance(prompt, str):
             return self.encode(check_text(prompt))
         if isinstance(prompt, np.ndarray):
@@ -154,7 +157,8 @@ class Model:
         if len(ids) < self.max_length:
             return ids
         if not truncate:
-            raise QwenEdgeError(f"the prompt is {len(ids)} tokens but the context holds {self.max_length}; "
+            raise QwenEdgeError(f"the prompt is {len(ids)} tokens but the context holds {self.max_length} and one "
+                                "position must stay free for the reply; "
                                 "shorten it or truncate it from the left (truncate=True, --truncate)")
         keep = max(self.max_length - max_new_tokens, self.max_length // 2)
         return ids[-keep:]

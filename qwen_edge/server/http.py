@@ -389,7 +389,9 @@ def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: st
         raise InputError(f"--port {port} is outside 0..65535")
     if ctx is None:  # the export's context can be 32k: a server holds up to (parallel + cache) of these
         from .. import artifact as A
-        ctx = min(int(A.read_manifest(folder)["max_length"]), 8192)
+        manifest = A.read_manifest(folder)
+        A.check_model(folder, manifest)  # max_length is trusted only once it matches the graph
+        ctx = min(manifest["max_length"], 8192)
     model = Model.load(folder, threads=threads, max_length=ctx, verify=verify)
     mid = model_id or Path(folder).resolve().name
     try:

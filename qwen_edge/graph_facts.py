@@ -1,0 +1,151 @@
+"""What model.onnx itself says about the model's shape, read without onnx or onnxruntime.
+
+The manifest's model fields decide every allocation the runtime makes (KV caches from layers, KV heads,
+head dim and context; the logits buffer from the vocabulary), so loading checks them against the graph
+(artifact.check_model). This reads just enough of the ONNX protobuf to do that: the graph's inputs and
+outputs with their shapes, the GroupQueryAttention nodes' head counts and the dims of the rotary cache
+(its rows are the exported context). Weights in model.onnx.data are never read; initializers embedded in
+model.onnx are skipped over, not decoded. Standard library only (the runtime and the JS package port it).
+
+Field numbers are onnx.proto's: ModelProto.graph = 7; GraphProto node 1, initializer 5, input 11,
+output 12; NodeProto op_type 4, attribute 5; AttributeProto name 1, i 3; TensorProto dims 1, name 8;
+ValueInfoProto name 1, type 2; TypeProto tensor_type 1; Tensor shape 2; Shape dim 1; Dim value 1, param 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Union
+
+Dim = Union[int, str, None]  # a number, a symbolic name, or unknown
+
+
+class GraphFormatError(ValueError):
+    """model.onnx is not a protobuf this reader understands."""
+
+
+@dataclass
+class GraphFacts:
+    inputs: dict[str, list[Dim]] = field(default_factory=dict)
+    outputs: dict[str, list[Dim]] = field(default_factory=dict)
+    attention: list[dict[str, int]] = field(default_factory=list)  # per GroupQueryAttention node
+    initializer_dims: dict[str, list[int]] = field(default_factory=dict)  # only the names asked for
+
+
+def _varint(b: memoryview, i: int) -> tuple[int, int]:
+    shift = v = 0
+    while True:
+        if i >= len(b) or shift > 63:
+            raise GraphFormatError("truncated varint")
+        c = b[i]
+        i += 1
+        v |= (c & 0x7F) << shift
+        if not c & 0x80:
+            return v, i
+        shift += 7
+
+
+def _fields(b: memoryview) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value): ints for varints/fixed, bytes for length-delimited."""
+    i, n = 0, len(b)
+    while i < n:
+        key, i = _varint(b, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            v, i = _varint(b, i)
+        elif wire == 2:
+            size, i = _varint(b, i)
+            if i + size > n:
+                raise GraphFormatError("a field runs past the end")
+            v, i = b[i:i + size], i + size
+        elif wire == 1:
+            v, i = int.from_bytes(b[i:i + 8], "little"), i + 8
+        elif wire == 5:
+            v, i = int.from_bytes(b[i:i + 4], "little"), i + 4
+        else:
+            raise GraphFormatError(f"unsupported wire type {wire}")
+        yield num, wire, v
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _value_info(b: bytes) -> tuple[str, list[Dim]]:
+    name, dims = "", []
+    for num, _, v in _fields(b):
+        if num == 1:
+            name = bytes(v).decode("utf-8", "replace")
+        elif num == 2:  # TypeProto
+            for tnum, _, tv in _fields(v):
+                if tnum != 1:  # tensor_type
+                    continue
+                for snum, _, sv in _fields(tv):
+                    if snum != 2:  # shape
+                        continue
+                    for dnum, _, dv in _fields(sv):
+                        if dnum != 1:
+                            continue
+                        d: Dim = None
+                        for xnum, _, xv in _fields(dv):
+                            d = _signed(xv) if xnum == 1 else bytes(xv).decode("utf-8", "replace") if xnum == 2 else d
+                        dims.append(d)
+    return name, dims
+
+
+def _node(b: bytes) -> tuple[str, dict[str, int]]:
+    op, attrs = "", {}
+    for num, _, v in _fields(b):
+        if num == 4:
+            op = bytes(v).decode("utf-8", "replace")
+        elif num == 5:
+            aname, ai = "", None
+            for anum, _, av in _fields(v):
+                if anum == 1:
+                    aname = bytes(av).decode("utf-8", "replace")
+                elif anum == 3:
+                    ai = _signed(av)
+            if ai is not None:
+                attrs[aname] = ai
+    return op, attrs
+
+
+def _tensor_dims(b: bytes, wanted: set[str]) -> tuple[str, list[int]] | None:
+    name, dims = "", []
+    for num, wire, v in _fields(b):
+        if num == 8:
+            name = bytes(v).decode("utf-8", "replace")
+        elif num == 1:
+            if wire == 2:  # packed
+                j = 0
+                while j < len(v):
+                    d, j = _varint(v, j)
+                    dims.append(_signed(d))
+            else:
+                dims.append(_signed(v))
+    return (name, dims) if name in wanted else None
+
+
+def read(path: str | Path, initializers: tuple[str, ...] = ("cos_cache",)) -> GraphFacts:
+    """The facts of one model.onnx (raises GraphFormatError for a file that is not an ONNX model)."""
+    data = memoryview(Path(path).read_bytes())  # slices of a memoryview copy nothing
+    graph = next((v for num, wire, v in _fields(data) if num == 7 and wire == 2), None)
+    if graph is None:
+        raise GraphFormatError("no graph")
+    facts, wanted = GraphFacts(), set(initializers)
+    for num, wire, v in _fields(graph):
+        if wire != 2:
+            continue
+        if num == 1:
+            op, attrs = _node(v)
+            if op == "GroupQueryAttention":
+                facts.attention.append(attrs)
+        elif num == 5:
+            got = _tensor_dims(v, wanted)
+            if got:
+                facts.initializer_dims[got[0]] = got[1]
+        elif num in (11, 12):
+            name, dims = _value_info(v)
+            (facts.inputs if num == 11 else facts.outputs)[name] = dims
+    return facts
