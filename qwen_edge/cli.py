@@ -186,6 +186,7 @@ def quantize_(
     target_size: Optional[str] = typer.Option(None, help="size budget of the whole folder, e.g. 410MiB: each tensor gets the format that costs the least accuracy within it"),
     bpw: Optional[float] = typer.Option(None, help="budget in bits per weight (linears and tables as stored)"),
     target_kl: Optional[float] = typer.Option(None, help="the smallest plan whose predicted KL (nats/token) is at most this"),
+    target_speed: Optional[str] = typer.Option(None, help="with a target: decode-speed floor predicted from each format's measured cost on this CPU, e.g. 70tok/s or 1.2x (times the uniform int4g32 plan); default 1x; 0 = accuracy alone"),
     recipe: Optional[Path] = typer.Option(None, help="replay a plan: a recipe.json from an earlier quantize (editable)"),
     method: str = typer.Option("gptq", help="rtn, gptq or awq"),
     bits: int = typer.Option(4, help="4 or 8 (the uniform plan)"),
@@ -221,7 +222,7 @@ def quantize_(
                  embed_bits=embed_bits, head_bits=head_bits, token_group_size=token_group_size,
                  accuracy_level=accuracy_level, max_length=max_length, int8_layers=int8_layers,
                  tie_embeddings=tie_embeddings, target_size=target_size, bpw=bpw, target_kl=target_kl,
-                 recipe=recipe, sensitivity_samples=sensitivity_samples, save_checkpoint=save_checkpoint, ort_format=ort,
+                 target_speed=target_speed, recipe=recipe, sensitivity_samples=sensitivity_samples, save_checkpoint=save_checkpoint, ort_format=ort,
                  force=force, revision=revision, progress=progress)
     q = m["quantization"]
     size = sum((output / n).stat().st_size for n in m["files"]) + (output / "qwen_edge.json").stat().st_size
@@ -232,6 +233,9 @@ def quantize_(
                "checkpoint": str(save_checkpoint) if save_checkpoint else None, "quantization": q}
     how = q["plan"]["how"]
     extra = f", predicted KL (RTN) {how['predicted_kl_rtn']:.4f}" if "predicted_kl_rtn" in how else ""
+    if "predicted_tps" in how.get("speed", {}):
+        extra += (f", predicted decode {how['speed']['predicted_tps']:.1f} tok/s (floor "
+                  f"{how['speed']['target_tps']:.1f}; uniform int4g32 {how['speed']['reference_tps']:.1f})")
     _emit(summary, as_json, [f"quantized {m['model']['model_type']} with {q['method']} "
                              f"({', '.join(f'{n} x {k}' for k, n in q['plan']['counts'].items())}; tables "
                              f"{', '.join(f'{k} {v}' for k, v in q['plan']['tables'].items())}) to {output}: "

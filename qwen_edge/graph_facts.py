@@ -31,6 +31,21 @@ class GraphFacts:
     outputs: dict[str, list[Dim]] = field(default_factory=dict)
     attention: list[dict[str, int]] = field(default_factory=list)  # per GroupQueryAttention node
     initializer_dims: dict[str, list[int]] = field(default_factory=dict)  # only the names asked for
+    initializer_bytes: dict[str, int] = field(default_factory=dict)  # every initializer (with sizes=True)
+    initializer_rows: dict[str, int] = field(default_factory=dict)  # its first dim (with sizes=True)
+    consumers: dict[str, set[str]] = field(default_factory=dict)  # input name -> op types reading it
+    gathered: set[str] = field(default_factory=set)  # names read as a Gather's table (input 0)
+
+    def bytes_per_token(self) -> int:
+        """Weight bytes one decode step reads: every initializer whole, except tables read only by a
+        Gather (the embedding), which cost one row per token."""
+        total = 0
+        for name, n in self.initializer_bytes.items():
+            if name in self.gathered and self.consumers.get(name, set()) <= {"Gather", "GatherBlockQuantized"}:
+                total += n // max(1, self.initializer_rows.get(name, 1))
+            else:
+                total += n
+        return total
 
 
 def _varint(b: memoryview, i: int) -> tuple[int, int]:
@@ -94,10 +109,15 @@ def _value_info(b: bytes) -> tuple[str, list[Dim]]:
     return name, dims
 
 
-def _node(b: bytes) -> tuple[str, dict[str, int]]:
+_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2, 21: 1, 22: 1}
+
+
+def _node(b: memoryview, inputs: list[str] | None = None) -> tuple[str, dict[str, int]]:
     op, attrs = "", {}
     for num, _, v in _fields(b):
-        if num == 4:
+        if num == 1 and inputs is not None:
+            inputs.append(bytes(v).decode("utf-8", "replace"))
+        elif num == 4:
             op = bytes(v).decode("utf-8", "replace")
         elif num == 5:
             aname, ai = "", None
@@ -111,11 +131,22 @@ def _node(b: bytes) -> tuple[str, dict[str, int]]:
     return op, attrs
 
 
-def _tensor_dims(b: bytes, wanted: set[str]) -> tuple[str, list[int]] | None:
-    name, dims = "", []
+def _tensor(b: memoryview) -> tuple[str, list[int], int]:
+    """(name, dims, stored bytes: raw, external or typed data) of a TensorProto."""
+    name, dims, dtype, raw, external, typed = "", [], 0, None, None, 0
     for num, wire, v in _fields(b):
         if num == 8:
             name = bytes(v).decode("utf-8", "replace")
+        elif num == 2 and wire == 0:
+            dtype = v
+        elif num == 9:
+            raw = len(v)
+        elif num == 13:  # external_data: {key, value} entries
+            kv = {int(n): bytes(x).decode("utf-8", "replace") for n, _, x in _fields(v) if n in (1, 2)}
+            if kv.get(1) == "length":
+                external = int(kv.get(2, "0"))
+        elif num in (4, 5, 6, 7, 10, 11) and wire == 2:
+            typed += len(v)
         elif num == 1:
             if wire == 2:  # packed
                 j = 0
@@ -124,10 +155,14 @@ def _tensor_dims(b: bytes, wanted: set[str]) -> tuple[str, list[int]] | None:
                     dims.append(_signed(d))
             else:
                 dims.append(_signed(v))
-    return (name, dims) if name in wanted else None
+    count = 1
+    for d in dims:
+        count *= max(d, 0)
+    stored = external if external is not None else raw if raw is not None else count * _ITEMSIZE.get(dtype, 4)
+    return name, dims, stored
 
 
-def read(path: str | Path, initializers: tuple[str, ...] = ("cos_cache",)) -> GraphFacts:
+def read(path: str | Path, initializers: tuple[str, ...] = ("cos_cache",), sizes: bool = False) -> GraphFacts:
     """The facts of one model.onnx (raises GraphFormatError for a file that is not an ONNX model)."""
     data = memoryview(Path(path).read_bytes())  # slices of a memoryview copy nothing
     graph = next((v for num, wire, v in _fields(data) if num == 7 and wire == 2), None)
@@ -138,13 +173,21 @@ def read(path: str | Path, initializers: tuple[str, ...] = ("cos_cache",)) -> Gr
         if wire != 2:
             continue
         if num == 1:
-            op, attrs = _node(v)
+            ins: list[str] | None = [] if sizes else None
+            op, attrs = _node(v, ins)
             if op == "GroupQueryAttention":
                 facts.attention.append(attrs)
+            for j, name in enumerate(ins or []):
+                facts.consumers.setdefault(name, set()).add(op)
+                if (j == 0 and op == "Gather") or (j <= 2 and op == "GatherBlockQuantized"):  # data, scales, zeros
+                    facts.gathered.add(name)
         elif num == 5:
-            got = _tensor_dims(v, wanted)
-            if got:
-                facts.initializer_dims[got[0]] = got[1]
+            name, dims, stored = _tensor(v)
+            if name in wanted:
+                facts.initializer_dims[name] = dims
+            if sizes:
+                facts.initializer_bytes[name] = stored
+                facts.initializer_rows[name] = dims[0] if dims else 1
         elif num in (11, 12):
             name, dims = _value_info(v)
             (facts.inputs if num == 11 else facts.outputs)[name] = dims

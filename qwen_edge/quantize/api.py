@@ -63,7 +63,8 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
              embed_bits: str | int = 8, head_bits: str | int = 8, token_group_size: int | None = None,
              accuracy_level: int = 4, max_length: int | None = None, int8_layers: str | None = None,
              tie_embeddings: str | None = None, target_size: str | int | None = None, bpw: float | None = None,
-             target_kl: float | None = None, recipe: str | Path | None = None, sensitivity_samples: int = 16,
+             target_kl: float | None = None, target_speed: str | float | None = None,
+             recipe: str | Path | None = None, sensitivity_samples: int = 16,
              ort_format: bool = False,
              save_checkpoint: str | Path | None = None, force: bool = False, revision: str | None = None,
              progress: bool = True) -> dict[str, Any]:
@@ -72,7 +73,7 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     from ..sources import local_paths, open_source
     from ..sources.tie import tie
     from .checkpoint import is_our_checkpoint
-    from .plan import allocated_plan, parse_goal, uniform_plan
+    from .plan import allocated_plan, parse_goal, parse_speed, uniform_plan
 
     out = Path(out)
     validate(method, bits, group_size, calibration, damp, samples, seq_len)
@@ -90,6 +91,9 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     if len(goals) > 1 or (goals and recipe is not None):
         raise InputError("give one of --target-size, --bpw, --target-kl and --recipe")
     budget = parse_goal(target_size, bpw, target_kl)
+    speed = parse_speed(target_speed)
+    if target_speed is not None and budget is None:
+        raise InputError("--target-speed shapes an allocation: give it with --target-size, --bpw or --target-kl")
     if goals and not 1 <= sensitivity_samples <= 1024:
         raise InputError("--sensitivity-samples must be between 1 and 1024")
     local = local_paths(source)
@@ -120,7 +124,7 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
         planned = {"kind": "recipe", "path": str(recipe)}
     elif goals:
         plan, planned = allocated_plan(src, budget, calibration, sensitivity_samples, seq_len, seed, max_length,
-                                  progress)
+                                       progress, speed=speed)
     else:
         plan = uniform_plan(spec, bits, group_size, e_bits, h_bits, token_group_size, int8_layers)
         planned = {"kind": "uniform"}

@@ -1,5 +1,6 @@
 """Which format each tensor gets: a uniform plan, a replayed recipe, or an allocation to a size, bits-per-weight
-or KL target from the measured sensitivity of every tensor (sensitivity.py, allocate.py)."""
+or KL target from the measured sensitivity of every tensor (sensitivity.py, allocate.py), within a decode-
+speed budget from the measured cost of every format on this CPU (format_costs.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from typing import Any
 from ..errors import InputError
 from .recipe import Format, Plan
 
-# Candidates for allocation. int8 stays at blocks of 32: with int8 activations (accuracy level 4) larger
-# blocks cost more accuracy than they save (docs/quantize.md).
-LINEAR_CHOICES = ("int4g128", "int4g64", "int4g32", "int8g32")
+# Candidates for allocation: every block size onnxruntime's MatMulNBits runs on its fast path (accuracy
+# level 4) from 16 to 128, at 4 and 8 bits. Which pay off is for the predicted KL, the bytes and the
+# measured time to decide: int4g16 and int8g32 are the most accurate steps and the slowest per byte.
+LINEAR_CHOICES = ("int4g128", "int4g64", "int4g32", "int4g16", "int8g128", "int8g64", "int8g32")
 TABLE_CHOICES = ("int4g128", "int4g64", "int4g32", "int8g128", "int8g64", "int8g32")
+# The default speed floor of an allocation: predicted decode at least this uniform plan's (every linear
+# and the table(s) at this format), so buying accuracy never makes a file slower than plain int4.
+SPEED_REFERENCE = "int4g32"
 
 
 def parse_layers(text: str | None, num_layers: int) -> frozenset[int]:
@@ -47,6 +52,27 @@ def parse_goal(target_size, bpw, target_kl) -> tuple[str, float] | None:
     return None
 
 
+def parse_speed(text: str | float | None) -> tuple[str, float] | None:
+    """'70tok/s' or '70' -> ("tps", 70); '1.2x' -> ("x", 1.2): times the uniform int4g32 plan's predicted
+    decode speed; '0' -> None (accuracy alone). None -> the default, 1x."""
+    if text is None:
+        return ("x", 1.0)
+    t = str(text).strip().lower().replace(" ", "")
+    try:
+        if t.endswith("x"):
+            v, kind = float(t[:-1]), "x"
+        else:
+            v, kind = float(t.removesuffix("tok/s").removesuffix("tps")), "tps"
+    except ValueError:
+        raise InputError(f"--target-speed '{text}': give tokens per second (70tok/s), a multiple of the uniform "
+                         f"{SPEED_REFERENCE} plan's speed (1.2x) or 0 for accuracy alone") from None
+    if v == 0:
+        return None
+    if not (v > 0 and v < 1e5) or (kind == "x" and v > 100):
+        raise InputError(f"--target-speed {text} is out of range")
+    return (kind, v)
+
+
 def uniform_plan(spec, bits: int, group_size: int, e_bits, h_bits, token_group_size: int, int8_layers) -> Plan:
     from .recipe import uniform
     keep8 = parse_layers(int8_layers, spec.num_layers) if bits == 4 else frozenset()
@@ -71,9 +97,11 @@ def fixed_bytes(src, max_length: int) -> int:
 
 
 def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, seed: int, max_length,
-              progress: bool) -> tuple[Plan, dict[str, Any]]:
+                   progress: bool, speed: tuple[str, float] | None = ("x", 1.0),
+                   threads: int = 0) -> tuple[Plan, dict[str, Any]]:
     from . import allocate as A
     from .calibration import calibration_tokens, sample_windows
+    from .format_costs import costs_for, kind_of, kinds_of
     from .recipe import linear_shapes, table_bytes
     from .sensitivity import fisher, predict
     spec = src.spec
@@ -81,14 +109,19 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
     shapes = linear_shapes(spec)
     cand = {k: [Format.parse(f) for f in LINEAR_CHOICES] for k in shapes}
     cand.update({t: [Format.parse(f) for f in TABLE_CHOICES] for t in tables})
-    options = {}
+    costs = costs_for(kinds_of(spec), spec=spec, threads=threads, progress=progress) if speed else None
+
+    def seconds(k: str, f: Format) -> float:
+        if costs is None or k == "embedding":  # the embedding is read one row per token
+            return 0.0
+        return costs.decode[kind_of(k)][str(f)]
 
     def options_from(pred: dict[str, dict[str, float]] | None) -> dict[str, list[A.Option]]:
         opts = {}
         for k, fmts in cand.items():
             opts[k] = [A.Option(str(f), f.nbytes(*shapes[k]) if k in shapes else
                                 table_bytes(k, f, spec.vocab_size, spec.hidden_size),
-                                pred[k][str(f)] if pred else 0.0) for f in fmts]
+                                pred[k][str(f)] if pred else 0.0, seconds(k, f)) for f in fmts]
         return opts
     fixed = fixed_bytes(src, max_length)
     params = sum(r * c for r, c in shapes.values()) + len(tables) * spec.vocab_size * spec.hidden_size
@@ -110,6 +143,22 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
             high = (hi + fixed) / 2**20 if kind == "size" else hi * 8 / params
             raise InputError(f"{what} is at or above the all-int8 size ({high:.1f}"
                              f"{' MiB' if kind == 'size' else ' bits per weight'}): use --bits 8")
+    max_seconds, speed_info = float("inf"), {"target": "off (accuracy alone)"}
+    if costs is not None:
+        ref = Format.parse(SPEED_REFERENCE)
+        ref_s = sum(seconds(k, ref) for k in cand)
+        step = costs.step_s
+        want_tps = speed[1] / (step + ref_s) if speed[0] == "x" else speed[1]
+        max_seconds = 1.0 / want_tps - step
+        speed_info = {"target": f"{speed[1]:g}x uniform {SPEED_REFERENCE}" if speed[0] == "x" else f"{speed[1]:g} tok/s",
+                      "target_tps": round(want_tps, 2), "reference_tps": round(1 / (step + ref_s), 2),
+                      "step_s": step, "cost_table": costs.machine}
+        if max_seconds <= 0:
+            raise InputError(f"--target-speed {want_tps:.1f} tok/s is beyond this CPU: the rest of a decode step "
+                             f"alone takes {step * 1e3:.2f} ms ({1 / step:.0f} tok/s)")
+        sizes = options_from(None)
+        A.for_budgets(sizes, max_bytes=weights_budget if weights_budget is not None else float("inf"),
+                      max_seconds=max_seconds)  # refuses an impossible pair before the slow part
     t0 = time.perf_counter()
     ids = calibration_tokens(calibration, src.write_tokenizer)
     windows = sample_windows(ids, n_windows, seq_len, seed + 1)  # not the GPTQ windows (seed)
@@ -117,12 +166,18 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
     pred = predict(fish, count, seq_len, src.weights, spec, cand)
     del fish
     options = options_from(pred)
-    chosen = A.for_kl(options, value) if kind == "kl" else A.for_budget(options, weights_budget)
-    nbytes, kl = A.totals(chosen)
+    if costs is None:
+        chosen = A.for_kl(options, value) if kind == "kl" else A.for_budget(options, weights_budget)
+    else:
+        chosen = A.for_budgets(options, max_bytes=weights_budget if weights_budget is not None else float("inf"),
+                               max_seconds=max_seconds, kl_target=value if kind == "kl" else None)
+    nbytes, kl, secs = A.totals3(chosen)
+    if costs is not None:
+        speed_info["predicted_tps"] = round(1 / (costs.step_s + secs), 2)
     plan = Plan({k: Format.parse(chosen[k].fmt) for k in shapes},
                 {t: Format.parse(chosen[t].fmt) for t in tables})
     info = {"kind": {"size": "target-size", "bpw": "bpw", "kl": "target-kl"}[kind], "goal": value,
-            "predicted_kl_rtn": round(kl, 6), "weight_bytes": nbytes, "fixed_bytes_max": fixed,
+            "predicted_kl_rtn": round(kl, 6), "weight_bytes": nbytes, "fixed_bytes_max": fixed, "speed": speed_info,
             "sensitivity": {"windows": n_windows, "seq_len": seq_len, "seconds": round(time.perf_counter() - t0, 1),
                             "predicted_kl": {k: {f: round(v, 7) for f, v in d.items()} for k, d in pred.items()}}}
     return plan, info

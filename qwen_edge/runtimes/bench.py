@@ -1,7 +1,10 @@
 """`qwen-edge bench`: time to first token, prefill and decode tokens/s (medians), peak RSS, size on disk.
 
 Greedy, a fixed English prompt cut to exactly `prompt_tokens`, `new_tokens` decode steps (end tokens
-ignored), a fresh cache each run. Also the split of a decode step: onnxruntime vs. our own overhead.
+ignored), a fresh cache each run. Also the split of a decode step: onnxruntime vs. our own overhead, and
+the bytes a decode step reads (every weight once but the embedding, one row of it; the KV cache at the
+benchmark's mean context) against this machine's memory bandwidth, measured: decode cannot beat
+bandwidth / bytes per token, so the share of that ceiling says how much a faster kernel could still gain.
 """
 
 from __future__ import annotations
@@ -43,6 +46,37 @@ def peak_rss_bytes() -> int:
     return int(r if sys.platform == "darwin" else r * 1024)  # Linux reports KiB
 
 
+def memory_bandwidth(threads: int, mib: int = 128, reps: int = 3) -> float:
+    """Bytes per second that `threads` threads copying large arrays move (read + written), best of reps."""
+    import threading
+
+    import numpy as np
+    n = mib << 20
+    pairs = [(np.ones(n, np.uint8), np.empty(n, np.uint8)) for _ in range(max(1, threads))]
+    best = 0.0
+    for _ in range(reps):
+        ts = [threading.Thread(target=np.copyto, args=(d, s)) for s, d in pairs]
+        t = time.perf_counter()
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+        best = max(best, 2 * n * len(pairs) / (time.perf_counter() - t))
+    return best
+
+
+def read_per_token(model: Any, context: int) -> dict[str, int]:
+    """Bytes a decode step reads: weights (graph_facts) and the KV cache at `context` positions."""
+    from .. import graph_facts
+    from .. import artifact as A
+    facts = graph_facts.read(model.folder / A.MODEL, sizes=True)
+    s = model.spec
+    item = model.kv_cache_bytes // (2 * s["num_layers"] * s["num_kv_heads"] * s["head_dim"] * model.max_length)
+    kv = 2 * s["num_layers"] * s["num_kv_heads"] * s["head_dim"] * context * item
+    weights = facts.bytes_per_token()
+    return {"weights": weights, "kv_cache": kv, "total": weights + kv}
+
+
 def _int(name: str, v: Any, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise QwenEdgeError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -81,6 +115,10 @@ def bench(folder: str | Path, *, prompt_tokens: int = 512, new_tokens: int = 128
     sample = med(lambda r: r.sample_s / steps)
     detok = med(lambda r: r.detok_s / steps)
     per_token = med(lambda r: r.decode_s / steps)
+    peak = peak_rss_bytes()  # before the bandwidth probe's own arrays
+    read = read_per_token(model, prompt_tokens + new_tokens // 2)
+    bw = memory_bandwidth(threads or _cores())
+    decode_tps = med(lambda r: r.decode_tps)
     return {
         "folder": str(folder), "dtype": model.manifest.get("dtype"),
         "quantization": model.manifest.get("quantization"),
@@ -89,11 +127,15 @@ def bench(folder: str | Path, *, prompt_tokens: int = 512, new_tokens: int = 128
         "load_s": load_s,
         "ttft_s": med(lambda r: r.ttft_s),
         "prefill_tps": med(lambda r: r.prefill_tps),
-        "decode_tps": med(lambda r: r.decode_tps),
+        "decode_tps": decode_tps,
+        "bytes_per_token": read,
+        "memory_bandwidth_bytes_s": bw,
+        "bandwidth_limit_tps": bw / read["total"],
+        "bandwidth_share": decode_tps / (bw / read["total"]),
         "decode_step_ms": {"total": per_token * 1e3, "onnxruntime": decode_run * 1e3, "sampling": sample * 1e3,
                            "detokenize": detok * 1e3,
                            "other": max(0.0, per_token - decode_run - sample - detok) * 1e3},
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": peak,
         "size_bytes": model.size_bytes,
         "kv_cache_bytes": model.kv_cache_bytes,
         "machine": {"cpu": _cpu_name(), "cores": _cores(), "python": platform.python_version(),
@@ -111,6 +153,10 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"  decode               {r['decode_tps']:8.1f} tokens/s",
         f"  decode step          {s['total']:8.2f} ms = onnxruntime {s['onnxruntime']:.2f} + sampling "
         f"{s['sampling']:.3f} + detokenize {s['detokenize']:.3f} + other {s['other']:.3f}",
+        f"  read per token       {r['bytes_per_token']['total'] / 2**20:8.1f} MiB (weights "
+        f"{r['bytes_per_token']['weights'] / 2**20:.1f} + KV cache {r['bytes_per_token']['kv_cache'] / 2**20:.1f})",
+        f"  bandwidth ceiling    {r['bandwidth_limit_tps']:8.1f} tokens/s at {r['memory_bandwidth_bytes_s'] / 1e9:.1f} GB/s "
+        f"(copy, measured): decode reaches {r['bandwidth_share'] * 100:.0f} % of it",
         f"  peak RSS             {r['peak_rss_bytes'] / 2**20:8.0f} MiB",
         f"  size on disk         {r['size_bytes'] / 2**20:8.0f} MiB",
         f"  load                 {r['load_s']:8.2f} s",
