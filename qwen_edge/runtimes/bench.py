@@ -46,14 +46,17 @@ def peak_rss_bytes() -> int:
     return int(r if sys.platform == "darwin" else r * 1024)  # Linux reports KiB
 
 
-def memory_bandwidth(threads: int, mib: int = 128, reps: int = 3) -> float:
-    """Bytes per second that `threads` threads copying large arrays move (read + written), best of reps."""
+def memory_bandwidth(threads: int, mib: int = 128, reps: int = 7) -> float:
+    """Bytes per second that `threads` threads copying large arrays move (read + written), the median of
+    `reps` (the best of a few swung by 1.6x between runs on this shared machine)."""
     import threading
 
     import numpy as np
     n = mib << 20
     pairs = [(np.ones(n, np.uint8), np.empty(n, np.uint8)) for _ in range(max(1, threads))]
-    best = 0.0
+    for s, d in pairs:
+        np.copyto(d, s)  # fault the destination pages in before timing
+    rates = []
     for _ in range(reps):
         ts = [threading.Thread(target=np.copyto, args=(d, s)) for s, d in pairs]
         t = time.perf_counter()
@@ -61,8 +64,8 @@ def memory_bandwidth(threads: int, mib: int = 128, reps: int = 3) -> float:
             th.start()
         for th in ts:
             th.join()
-        best = max(best, 2 * n * len(pairs) / (time.perf_counter() - t))
-    return best
+        rates.append(2 * n * len(pairs) / (time.perf_counter() - t))
+    return float(statistics.median(rates))
 
 
 def read_per_token(model: Any, context: int) -> dict[str, int]:
