@@ -186,7 +186,7 @@ def quantize_(
     target_size: Optional[str] = typer.Option(None, help="size budget of the whole folder, e.g. 410MiB: each tensor gets the format that costs the least accuracy within it"),
     bpw: Optional[float] = typer.Option(None, help="budget in bits per weight (linears and tables as stored)"),
     target_kl: Optional[float] = typer.Option(None, help="the smallest plan whose predicted KL (nats/token) is at most this"),
-    target_speed: Optional[str] = typer.Option(None, help="with a target: decode-speed floor predicted from each format's measured cost on this CPU, e.g. 70tok/s or 1.2x (times the uniform int4g32 plan); default 1x; 0 = accuracy alone"),
+    target_speed: Optional[str] = typer.Option(None, help="with a target: decode-speed floor predicted from each format's measured cost on this CPU, e.g. 70tok/s or 1.2x (times the plain --bits 4 plan: int4g32 linears, int8g128 table); default 1x; 0 = accuracy alone"),
     recipe: Optional[Path] = typer.Option(None, help="replay a plan: a recipe.json from an earlier quantize (editable)"),
     method: str = typer.Option("gptq", help="rtn, gptq or awq"),
     bits: int = typer.Option(4, help="4 or 8 (the uniform plan)"),
@@ -235,7 +235,7 @@ def quantize_(
     extra = f", predicted KL (RTN) {how['predicted_kl_rtn']:.4f}" if "predicted_kl_rtn" in how else ""
     if "predicted_tps" in how.get("speed", {}):
         extra += (f", predicted decode {how['speed']['predicted_tps']:.1f} tok/s (floor "
-                  f"{how['speed']['target_tps']:.1f}; uniform int4g32 {how['speed']['reference_tps']:.1f})")
+                  f"{how['speed']['target_tps']:.1f}; plain int4 {how['speed']['reference_tps']:.1f})")
     _emit(summary, as_json, [f"quantized {m['model']['model_type']} with {q['method']} "
                              f"({', '.join(f'{n} x {k}' for k, n in q['plan']['counts'].items())}; tables "
                              f"{', '.join(f'{k} {v}' for k, v in q['plan']['tables'].items())}) to {output}: "

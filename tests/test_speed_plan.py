@@ -107,7 +107,7 @@ def test_cost_table_has_every_format_at_every_shape_and_is_cached(isolated_cache
     files = list((isolated_cache / "format-costs").glob("*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["decode"] == t.decode
     calls = []
-    monkeypatch.setattr(FC, "time_format", lambda *a, **k: calls.append(a) or 1e-6)
+    monkeypatch.setattr(FC, "time_formats", lambda n, k, fmts, *a, **kw: calls.append(n) or [1e-6] * len(fmts))
     again = FC.costs_for(SHAPES, formats=FORMATS, threads=1, progress=False, cold_bytes=1 << 20)
     assert again.decode == t.decode and not calls  # from the cache
     real = FC.machine()
@@ -145,3 +145,18 @@ def test_bytes_read_per_token_count_the_embedding_as_one_row(tmp_path, tied):
     m = Model.load(tmp_path / "art")
     r = read_per_token(m, 10)
     assert r["kv_cache"] == 2 * 2 * 2 * 16 * 10 * 4 and r["total"] == r["weights"] + r["kv_cache"]
+
+
+def test_formats_are_timed_in_groups_that_bound_memory(monkeypatch):
+    made = []
+    real = FC._Timer
+
+    class Counting(real):
+        def __init__(self, *a, **kw):
+            made.append(a[2])
+            super().__init__(*a, **kw)
+    monkeypatch.setattr(FC, "_Timer", Counting)
+    monkeypatch.setattr(FC, "GROUP_BYTES", 1)  # every format alone
+    fmts = [FC.Format.parse(f) for f in FORMATS]
+    out = FC.time_formats(64, 64, fmts, 1, threads=1, passes=2, cold_bytes=1 << 16)
+    assert len(out) == len(fmts) and all(v > 0 for v in out) and made == fmts

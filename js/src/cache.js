@@ -1,8 +1,8 @@
 // The KV cache of one sequence and the forward step, over an onnxruntime (node or web) session.
 //
-// InPlaceCache (onnxruntime-node): per layer one [1, kv_heads, max_length, head_dim] buffer passed both as
+// InPlaceCache (onnxruntime-node): per layer one [1, kv_heads, capacity, head_dim] buffer passed both as
 // past_key_values.N.* and as the preallocated present.N.* output, so GroupQueryAttention writes new keys
-// and values in place: a decode step copies no cache. GrowingCache (onnxruntime-web: its preallocated
+// and values in place (the capacity grows with the sequence, below). GrowingCache (onnxruntime-web: its preallocated
 // outputs stay empty, an open onnxruntime bug): the past holds exactly the positions so far and each
 // step's present becomes the next past.
 //
@@ -79,14 +79,50 @@ function typedArray(dtype, n) {
   return dtype === "float16" ? new Uint16Array(n) : new Float32Array(n);
 }
 
+// onnxruntime-node copies every output after a run, a pre-allocated one too (its binding's
+// OrtValueToNapiValue; microsoft/onnxruntime#32346 would reuse them), so each step costs a copy of the whole
+// cache: ~16 us per position of capacity for the 0.5B (docs/benchmarks.md). The cache therefore holds what
+// the sequence needs, not maxLength: it grows in steps of STEP positions (copying the filled positions),
+// which costs one copy per STEP tokens instead of a larger copy at every step.
+const STEP = 256;
+
 export class InPlaceCache extends Cache {
   constructor(...args) {
     super(...args);
-    const s = this.spec;
-    const dims = [1, s.num_kv_heads, this.maxLength, s.head_dim];
-    const n = s.num_kv_heads * this.maxLength * s.head_dim;
+    this.capacity = 0;
     this.buffers = [];
-    for (let i = 0; i < 2 * s.num_layers; i++) this.buffers.push(new this.ort.Tensor(this.dtype, typedArray(this.dtype, n), dims));
+    this._ensure(1);
+  }
+
+  /** Room for n positions: new buffers of n rounded up to STEP, the filled positions copied. */
+  _ensure(n) {
+    if (n <= this.capacity) return;
+    const s = this.spec;
+    const cap = Math.min(this.maxLength, Math.ceil(n / STEP) * STEP);
+    const hd = s.head_dim;
+    const buffers = [];
+    for (let i = 0; i < 2 * s.num_layers; i++) {
+      const data = typedArray(this.dtype, s.num_kv_heads * cap * hd);
+      const old = this.buffers[i];
+      if (old && this.length) {
+        for (let h = 0; h < s.num_kv_heads; h++) {
+          data.set(old.data.subarray(h * this.capacity * hd, h * this.capacity * hd + this.length * hd), h * cap * hd);
+        }
+      }
+      buffers.push(new this.ort.Tensor(this.dtype, data, [1, s.num_kv_heads, cap, hd]));
+    }
+    this.buffers = buffers;
+    this.capacity = cap;
+  }
+
+  append(ids) {
+    super.append(ids);
+    this._ensure(this.ids.length);
+  }
+
+  push(id) {
+    super.push(id);
+    this._ensure(this.ids.length);
   }
 
   rewind(n) {

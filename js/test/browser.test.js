@@ -70,6 +70,16 @@ test("web example, tiny int4 in Chromium: the streamed greedy answer equals Pyth
   assert.equal(shown, g.text); // what the page shows is what streamed
 });
 
+test("web example, tiny fp16 (the browser's recommended file) in Chromium: greedy tokens equal Python's", { skip }, async () => {
+  assert.ok(chromium, "QWEN_EDGE_REQUIRE_BROWSER is set but no chromium was found");
+  const golden = JSON.parse(fs.readFileSync(path.join(FIX, "golden.json"), "utf8"))["qwen3-fp16"];
+  const g = golden.generate.find((x) => typeof x.prompt === "string" && x.prompt.startsWith("The quick"));
+  const { result, shown } = await runPage(path.join(FIX, "qwen3-fp16"), g.prompt,
+    { raw: true, maxNewTokens: g.max_new_tokens, shot: "web-tiny-fp16.png" });
+  assert.deepEqual(result.tokens, g.tokens);
+  assert.equal(shown, g.text);
+});
+
 test("web example, the real int4 0.5B in Chromium: greedy chat answer equals Python's",
   { skip: skip || (!process.env.QWEN_EDGE_REAL_INT4 && "QWEN_EDGE_REAL_INT4 not set") }, async () => {
     const g = JSON.parse(fs.readFileSync(process.env.QWEN_EDGE_REAL_GOLDEN, "utf8"));

@@ -73,7 +73,10 @@ export class Model {
   complete(prompt: Prompt, options?: GenerateOptions): Promise<Result>;
   generate(prompt: Prompt, options?: GenerateOptions): Promise<string>;
   chat(options?: { system?: string | null } & GenerateOptions): Chat;
+  /** Release the session. Safe mid-generation: running streams end at their next token (finishReason
+   *  "cancelled") after the forward pass in flight; later calls throw a QwenEdgeError. */
   close(): Promise<void>;
+  readonly closed: boolean;
 }
 
 export interface LoadOptions {

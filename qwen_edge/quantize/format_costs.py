@@ -11,6 +11,9 @@ by memory). So every candidate format is timed here, once per (onnxruntime versi
   reads its weights from memory, not from cache, as in a decode step that reads every linear once;
 - at M=1 (a decode step) and at M=PREFILL_M (a prefill chunk); outputs are bound once (IO binding), the
   median of several passes over the R copies, divided by R, is the seconds per call;
+- all formats of one shape are timed round-robin (pass 1 of every format, then pass 2, ...): timed one
+  after another, the same call measured 162 us in one table and 293 us in the next on this shared
+  machine, more than formats differ; alternating, a drift slows every format alike;
 - accuracy_level 4 and the runtime's session settings (spinning threads), as the artifacts run.
 
 The head is timed at M=1 in both columns: the runtime computes only the last position's logits.
@@ -34,7 +37,7 @@ import numpy as np
 from ..cache import cache_dir
 from .recipe import Format, linear_shapes
 
-SCHEMA = 2  # 2: distinct weights per copy (identical copies were shared: cached reads, 2x too fast)
+SCHEMA = 3  # 2: distinct weights per copy (identical copies were shared); 3: formats timed round-robin
 CANDIDATES = ("int4g16", "int4g32", "int4g64", "int4g128", "int4g256", "int8g32", "int8g64", "int8g128",
               "int8g256")
 COLD_BYTES = 256 << 20
@@ -127,33 +130,62 @@ def _graph(n: int, k: int, f: Format, copies: int, m: int) -> bytes:
     return model.SerializeToString()
 
 
-def time_format(n: int, k: int, f: Format, m: int, threads: int = 0, passes: int = 7,
-                cold_bytes: int = COLD_BYTES) -> float:
-    """Median seconds of one MatMulNBits call [m, k] x [k, n] at format f, weights out of cache."""
-    import onnxruntime as ort
-    copies = min(MAX_COPIES, max(1, -(-cold_bytes // f.nbytes(n, k))))
-    if m > 1:
-        copies = min(copies, 4)  # compute-bound: a few copies are enough, and keep the outputs small
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    sess = ort.InferenceSession(_graph(n, k, f, copies, m), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)
-    io = sess.io_binding()
-    io.bind_cpu_input("X", x)
-    ys = [np.empty((m, n), np.float32) for _ in range(copies)]
-    for c, y in enumerate(ys):
-        io.bind_output(f"Y{c}", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
-    for _ in range(2):
-        sess.run_with_iobinding(io)
-    times = []
-    for _ in range(passes):
+class _Timer:
+    """One session of `copies` MatMulNBits at one format, its input and outputs bound once."""
+
+    def __init__(self, n: int, k: int, f: Format, m: int, threads: int, cold_bytes: int):
+        import onnxruntime as ort
+        copies = min(MAX_COPIES, max(1, -(-cold_bytes // f.nbytes(n, k))))
+        if m > 1:
+            copies = min(copies, 4)  # compute-bound: a few copies are enough, and keep the outputs small
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        self.sess = ort.InferenceSession(_graph(n, k, f, copies, m), so, providers=["CPUExecutionProvider"])
+        self.x = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)
+        self.io = self.sess.io_binding()
+        self.io.bind_cpu_input("X", self.x)
+        self.ys = [np.empty((m, n), np.float32) for _ in range(copies)]
+        for c, y in enumerate(self.ys):
+            self.io.bind_output(f"Y{c}", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+        self.copies, self.times = copies, []
+        for _ in range(2):
+            self.sess.run_with_iobinding(self.io)
+
+    def once(self) -> None:
         t = time.perf_counter()
-        sess.run_with_iobinding(io)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) / copies
+        self.sess.run_with_iobinding(self.io)
+        self.times.append(time.perf_counter() - t)
+
+    def seconds(self) -> float:
+        return float(np.median(self.times)) / self.copies
+
+
+GROUP_BYTES = 2 << 30  # weights of the sessions held at once (a 7B head at 9 formats would be ~5 GB)
+
+
+def time_formats(n: int, k: int, formats: list[Format], m: int, threads: int = 0, passes: int = 7,
+                 cold_bytes: int = COLD_BYTES) -> list[float]:
+    """Median seconds of one MatMulNBits call [m, k] x [k, n] per format, weights out of cache, the
+    formats' passes interleaved so that a slow moment of the machine costs each of them alike (in groups
+    of at most GROUP_BYTES of weights, so a large shape does not hold every format's session at once)."""
+    out: list[float] = []
+    i = 0
+    while i < len(formats):
+        group, size = [], 0
+        while i < len(formats) and (not group or size + max(cold_bytes, formats[i].nbytes(n, k)) <= GROUP_BYTES):
+            size += max(cold_bytes, formats[i].nbytes(n, k))
+            group.append(formats[i])
+            i += 1
+        timers = [_Timer(n, k, f, m, threads, cold_bytes) for f in group]
+        for _ in range(passes):
+            for t in timers:
+                t.once()
+        out += [t.seconds() for t in timers]
+        del timers
+    return out
 
 
 def _cache_path(key: dict[str, Any]) -> Path:
@@ -180,18 +212,15 @@ def costs_for(shapes: dict[str, tuple[int, int]], *, spec: Any = None, threads: 
             pass  # a damaged cache entry: measure again
     table = CostTable(dict(shapes), machine={**key["machine"], "threads": threads})
     t0, total, done = time.perf_counter(), len(shapes) * len(formats), 0
+    fmts = [Format.parse(fs) for fs in formats]
     for kind, (n, k) in shapes.items():
-        table.decode[kind], table.prefill[kind] = {}, {}
-        for fs in formats:
-            f = Format.parse(fs)
-            table.decode[kind][fs] = time_format(n, k, f, 1, threads, cold_bytes=cold_bytes)
-            m = 1 if kind == "lm_head" else PREFILL_M
-            table.prefill[kind][fs] = table.decode[kind][fs] if m == 1 else \
-                time_format(n, k, f, m, threads, passes=3, cold_bytes=cold_bytes)
-            done += 1
-            if progress:
-                print(f"\rformat costs: {done}/{total} ({kind} {fs}: {table.decode[kind][fs] * 1e6:.0f} us) "
-                      f"{time.perf_counter() - t0:.0f} s", end="", file=sys.stderr, flush=True)
+        table.decode[kind] = dict(zip(formats, time_formats(n, k, fmts, 1, threads, cold_bytes=cold_bytes)))
+        table.prefill[kind] = dict(table.decode[kind]) if kind == "lm_head" else \
+            dict(zip(formats, time_formats(n, k, fmts, PREFILL_M, threads, passes=3, cold_bytes=cold_bytes)))
+        done += len(formats)
+        if progress:
+            print(f"\rformat costs: {done}/{total} ({kind}) {time.perf_counter() - t0:.0f} s", end="",
+                  file=sys.stderr, flush=True)
     if spec is not None:
         table.step_s = step_seconds(spec, context=STEP_CONTEXT, threads=threads)
     if progress:

@@ -16,9 +16,9 @@ from .recipe import Format, Plan
 # measured time to decide: int4g16 and int8g32 are the most accurate steps and the slowest per byte.
 LINEAR_CHOICES = ("int4g128", "int4g64", "int4g32", "int4g16", "int8g128", "int8g64", "int8g32")
 TABLE_CHOICES = ("int4g128", "int4g64", "int4g32", "int8g128", "int8g64", "int8g32")
-# The default speed floor of an allocation: predicted decode at least this uniform plan's (every linear
-# and the table(s) at this format), so buying accuracy never makes a file slower than plain int4.
-SPEED_REFERENCE = "int4g32"
+# The default speed floor of an allocation: predicted decode at least that of the plain int4 file
+# (`--bits 4`: every linear int4g32, the table(s) int8g128), so buying accuracy never makes a file slower.
+SPEED_REFERENCE = ("int4g32", "int8g128")  # (linears, tables)
 
 
 def parse_layers(text: str | None, num_layers: int) -> frozenset[int]:
@@ -53,8 +53,8 @@ def parse_goal(target_size, bpw, target_kl) -> tuple[str, float] | None:
 
 
 def parse_speed(text: str | float | None) -> tuple[str, float] | None:
-    """'70tok/s' or '70' -> ("tps", 70); '1.2x' -> ("x", 1.2): times the uniform int4g32 plan's predicted
-    decode speed; '0' -> None (accuracy alone). None -> the default, 1x."""
+    """'70tok/s' or '70' -> ("tps", 70); '1.2x' -> ("x", 1.2): times the predicted decode speed of the plain
+    int4 plan (SPEED_REFERENCE); '0' -> None (accuracy alone). None -> the default, 1x."""
     if text is None:
         return ("x", 1.0)
     t = str(text).strip().lower().replace(" ", "")
@@ -64,8 +64,8 @@ def parse_speed(text: str | float | None) -> tuple[str, float] | None:
         else:
             v, kind = float(t.removesuffix("tok/s").removesuffix("tps")), "tps"
     except ValueError:
-        raise InputError(f"--target-speed '{text}': give tokens per second (70tok/s), a multiple of the uniform "
-                         f"{SPEED_REFERENCE} plan's speed (1.2x) or 0 for accuracy alone") from None
+        raise InputError(f"--target-speed '{text}': give tokens per second (70tok/s), a multiple of the plain int4 "
+                         "plan's speed (1.2x) or 0 for accuracy alone") from None
     if v == 0:
         return None
     if not (v > 0 and v < 1e5) or (kind == "x" and v > 100):
@@ -145,12 +145,13 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
                              f"{' MiB' if kind == 'size' else ' bits per weight'}): use --bits 8")
     max_seconds, speed_info = float("inf"), {"target": "off (accuracy alone)"}
     if costs is not None:
-        ref = Format.parse(SPEED_REFERENCE)
-        ref_s = sum(seconds(k, ref) for k in cand)
+        ref_lin, ref_tab = (Format.parse(f) for f in SPEED_REFERENCE)
+        ref_s = sum(seconds(k, ref_lin if k in shapes else ref_tab) for k in cand)
         step = costs.step_s
         want_tps = speed[1] / (step + ref_s) if speed[0] == "x" else speed[1]
         max_seconds = 1.0 / want_tps - step
-        speed_info = {"target": f"{speed[1]:g}x uniform {SPEED_REFERENCE}" if speed[0] == "x" else f"{speed[1]:g} tok/s",
+        speed_info = {"target": f"{speed[1]:g}x plain int4 (linears {SPEED_REFERENCE[0]}, tables {SPEED_REFERENCE[1]})"
+                      if speed[0] == "x" else f"{speed[1]:g} tok/s",
                       "target_tps": round(want_tps, 2), "reference_tps": round(1 / (step + ref_s), 2),
                       "step_s": step, "cost_table": costs.machine}
         if max_seconds <= 0:
