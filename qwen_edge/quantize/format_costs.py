@@ -11,9 +11,11 @@ by memory). So every candidate format is timed here, once per (onnxruntime versi
   reads its weights from memory, not from cache, as in a decode step that reads every linear once;
 - at M=1 (a decode step) and at M=PREFILL_M (a prefill chunk); outputs are bound once (IO binding), the
   median of several passes over the R copies, divided by R, is the seconds per call;
-- all formats of one shape are timed round-robin (pass 1 of every format, then pass 2, ...): timed one
-  after another, the same call measured 162 us in one table and 293 us in the next on this shared
-  machine, more than formats differ; alternating, a drift slows every format alike;
+- one session at a time. Timing formats round-robin (all sessions of a shape alive, passes alternating)
+  would cancel the machine's drift, but co-resident sessions slow each other by ~1.7x (measured: gate_up
+  int4g16/g32/g64 237/159/140 us alone, 424/241/244 us together), so it is not done: on a busy machine
+  the table inherits its drift (one call read 162 us in one table and 293 us in the next here), and
+  `costs_for(..., refresh=True)` measures again;
 - accuracy_level 4 and the runtime's session settings (spinning threads), as the artifacts run.
 
 The head is timed at M=1 in both columns: the runtime computes only the last position's logits.
@@ -37,7 +39,7 @@ import numpy as np
 from ..cache import cache_dir
 from .recipe import Format, linear_shapes
 
-SCHEMA = 3  # 2: distinct weights per copy (identical copies were shared); 3: formats timed round-robin
+SCHEMA = 5  # 2: distinct copies (identical ones were shared); 3-4: round-robin (wrong, see above); 5: one at a time
 CANDIDATES = ("int4g16", "int4g32", "int4g64", "int4g128", "int4g256", "int8g32", "int8g64", "int8g128",
               "int8g256")
 COLD_BYTES = 256 << 20
@@ -155,6 +157,11 @@ class _Timer:
             self.sess.run_with_iobinding(self.io)
 
     def once(self) -> None:
+        # Sessions that ran just before keep their threads spinning for a while: on 2 cores they would
+        # contend with this one (measured: every call 3x slower). Let them settle, then warm this
+        # session's own pool with an untimed call, as consecutive nodes of one model find it.
+        time.sleep(0.005)
+        self.sess.run_with_iobinding(self.io)
         t = time.perf_counter()
         self.sess.run_with_iobinding(self.io)
         self.times.append(time.perf_counter() - t)
@@ -163,7 +170,7 @@ class _Timer:
         return float(np.median(self.times)) / self.copies
 
 
-GROUP_BYTES = 2 << 30  # weights of the sessions held at once (a 7B head at 9 formats would be ~5 GB)
+GROUP_BYTES = 0  # weights of sessions held at once: 0 = one at a time (co-resident sessions slow each other)
 
 
 def time_formats(n: int, k: int, formats: list[Format], m: int, threads: int = 0, passes: int = 7,
