@@ -60,7 +60,8 @@ def test_browser_page_in_headless_chromium(fixtures, tmp_path):
     out = _node_test(["test/browser.test.js"], {"QWEN_EDGE_JS_FIXTURES": str(fixtures),
                                                 "QWEN_EDGE_REQUIRE_BROWSER": "1",
                                                 "QWEN_EDGE_SCREENSHOTS": str(tmp_path)})
-    assert "# pass 1" in out and (tmp_path / "web-tiny-int4.png").stat().st_size > 10_000, out[-3000:]
+    assert "# pass 2" in out and (tmp_path / "web-tiny-int4.png").stat().st_size > 10_000, out[-3000:]
+    assert (tmp_path / "web-tiny-fp16.png").stat().st_size > 10_000
 
 
 def test_electron_example_type_checks():
