@@ -161,6 +161,12 @@ CLI_CASES = [
     ("quantize-embed-bits", "quantize {ws}/src -o {out} --embed-bits 2", "unsupported embedding precision"),
     ("quantize-int8-layers", "quantize {ws}/src -o {out} --method rtn --int8-layers 99", "outside the model's 2"),
     ("quantize-accuracy-level", "quantize {ws}/src -o {out} --accuracy-level 7", "outside 0..4"),
+    ("quantize-target-speed-word", "quantize {ws}/src -o {out} --target-size 2MB --target-speed fast",
+     "--target-speed 'fast': give tokens per second"),
+    ("quantize-target-speed-alone", "quantize {ws}/src -o {out} --target-speed 1.2x",
+     "--target-speed shapes an allocation"),
+    ("quantize-target-speed-too-fast", "quantize {ws}/src -o {out} --method rtn --target-size 1.35MiB "
+     "--target-speed 90000tok/s --no-progress", "is beyond this CPU"),
     ("quantize-samples", "quantize {ws}/src -o {out} --samples 0", "--samples must be >= 1"),
     ("quantize-out-is-source", "quantize {ws}/src -o {ws}/src --force", "is the source"),
     ("quantize-force-user-folder", "quantize {ws}/src -o {ws}/user --force", "qwen-edge did not write"),

@@ -109,7 +109,7 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
     shapes = linear_shapes(spec)
     cand = {k: [Format.parse(f) for f in LINEAR_CHOICES] for k in shapes}
     cand.update({t: [Format.parse(f) for f in TABLE_CHOICES] for t in tables})
-    costs = costs_for(kinds_of(spec), spec=spec, threads=threads, progress=progress) if speed else None
+    costs = None
 
     def seconds(k: str, f: Format) -> float:
         if costs is None or k == "embedding":  # the embedding is read one row per token
@@ -144,7 +144,8 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
             raise InputError(f"{what} is at or above the all-int8 size ({high:.1f}"
                              f"{' MiB' if kind == 'size' else ' bits per weight'}): use --bits 8")
     max_seconds, speed_info = float("inf"), {"target": "off (accuracy alone)"}
-    if costs is not None:
+    if speed:  # after the size checks: measuring the formats takes minutes the first time on a machine
+        costs = costs_for(kinds_of(spec), spec=spec, threads=threads, progress=progress)
         ref_lin, ref_tab = (Format.parse(f) for f in SPEED_REFERENCE)
         ref_s = sum(seconds(k, ref_lin if k in shapes else ref_tab) for k in cand)
         step = costs.step_s
