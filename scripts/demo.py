@@ -6,7 +6,9 @@ client, gate its accuracy against the fp32 export, and benchmark both.
     python scripts/demo.py [--out out] [--recipe recipes/qwen2.5-coder-0.5b-instruct-410mib.json]
 
 About fifteen minutes on 2 cores (GPTQ with 32 x 512 calibration tokens is most of it). `--target-size
-410MiB` instead of the recipe recomputes the plan (a 4-minute sensitivity pass, same result).
+410MiB` instead of the recipe recomputes the plan (a 4-minute sensitivity pass, and a few minutes to time
+the formats on this CPU the first time): with the default speed floor it is not the recipe's plan but one
+predicted to decode at least as fast as the plain int4 file (docs/quantize.md).
 """
 
 from __future__ import annotations
