@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from qwen_edge.errors import InputError
+from qwen_edge.errors import InputError, QwenEdgeError
 from tiny_models import make_tiny
 
 KW = dict(progress=False, max_length=128)
@@ -192,9 +192,28 @@ def planned(twice, tmp_path_factory):
     src, _ = tie(open_source(str(twice)), "auto")
     budget = fixed_bytes(src, 128) + 400_000  # between all-int4 (~300 KB) and all-int8 (~650 KB) weights
     kw = dict(method="gptq", calibration=str(twice / "calib.txt"), samples=8, seq_len=64, sensitivity_samples=4,
-              target_size=str(budget), seed=7, **KW)
+              target_size=str(budget), target_speed="0", seed=7, **KW)  # size alone: the next test adds time
     m = quantize(str(twice), root / "a", **kw)
     return root, budget, kw, m
+
+
+def test_speed_aware_plan_meets_both_budgets(planned, tmp_path):
+    """The default floor (predicted decode >= the plain int4 plan's, from format costs measured here) and a
+    faster one: each plan fits the size and is predicted at or above its floor."""
+    from qwen_edge.quantize.api import quantize
+    _, budget, kw, _ = planned
+    source = str(Path(kw["calibration"]).parent)
+    speed = None  # the default, then an absolute floor between the reference and nothing
+    for i in range(2):
+        m = quantize(source, tmp_path / f"s{i}", **{**kw, "method": "rtn", "target_speed": speed})
+        how = m["quantization"]["plan"]["how"]
+        assert sum(p.stat().st_size for p in (tmp_path / f"s{i}").iterdir()) <= budget
+        assert how["speed"]["predicted_tps"] >= how["speed"]["target_tps"] * (1 - 1e-6), how["speed"]
+        if speed is None:
+            assert how["speed"]["target_tps"] == pytest.approx(how["speed"]["reference_tps"])
+        speed = f"{0.7 * how['speed']['reference_tps']:.1f}tok/s"
+    with pytest.raises(QwenEdgeError, match="below the fastest plan|beyond this CPU"):
+        quantize(source, tmp_path / "s9", **{**kw, "method": "rtn", "target_speed": "3x"})
 
 
 def _tree_hash(folder: Path) -> str:
@@ -218,7 +237,7 @@ def test_plan_is_deterministic_and_a_saved_recipe_replays(planned):
     m2 = quantize(source, root / "b", **kw)
     assert m2["quantization"]["plan"]["linears"] == m["quantization"]["plan"]["linears"]
     assert _tree_hash(root / "b") == _tree_hash(root / "a")
-    replay = {k: v for k, v in kw.items() if k not in ("target_size", "sensitivity_samples")}
+    replay = {k: v for k, v in kw.items() if k not in ("target_size", "target_speed", "sensitivity_samples")}
     quantize(source, root / "c", recipe=root / "a" / "recipe.json", **replay)
     assert _tree_hash(root / "c") == _tree_hash(root / "a")
 
