@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_VERSION = 2  # bump when the fixtures change: js/scripts/ensure-fixtures.js rebuilds older ones
 # The last two outgrow the Node cache's first capacity of 256 positions: 238 prompt tokens whose reply
 # crosses it while decoding, and 280 that cross it in the prompt.
 PROMPTS = ["The quick brown fox", "def main():\n", "naïve café 你好 👋", [{"role": "user", "content": "Hi there"}],
@@ -58,11 +59,13 @@ def build(out: Path) -> None:
                                   "cached_tokens": chat.last.timings.cached_tokens})
             golden[name] = g
     (out / "golden.json").write_text(json.dumps(golden, ensure_ascii=False, indent=1), encoding="utf-8")
+    (out / "VERSION").write_text(str(FIXTURES_VERSION))
 
 
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "js" / "test" / ".fixtures")
-    if (target / "golden.json").exists() and "--force" not in sys.argv:
+    current = (target / "VERSION").read_text().strip() if (target / "VERSION").exists() else ""
+    if (target / "golden.json").exists() and current == str(FIXTURES_VERSION) and "--force" not in sys.argv:
         print(f"fixtures already in {target}")
     else:
         build(target)
