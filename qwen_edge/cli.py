@@ -272,7 +272,10 @@ def serve_(
         serve(str(model), host=host, port=port, api_key=api_key, parallel=parallel, queue=queue, cache=cache,
               threads=threads, ctx=ctx, max_tokens=max_tokens, max_body=max_body, model_id=model_name,
               verify=verify, shutdown_timeout=shutdown_timeout, ready=ready)
-        print("qwen-edge serve: stopped", file=sys.stderr, flush=True)  # every thread joined: exit 0
+        try:
+            print("qwen-edge serve: stopped", file=sys.stderr, flush=True)  # every thread joined: exit 0
+        except OSError:  # stderr is gone (the parent died): nothing to tell
+            pass
     except (KeyboardInterrupt, Interrupted):  # a signal while the model was still loading
         print("qwen-edge serve: stopped", file=sys.stderr, flush=True)  # a requested stop: exit 0
 

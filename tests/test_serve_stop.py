@@ -33,8 +33,24 @@ def tiny(tmp_path_factory):
     return root / "tiny"
 
 
+_started: list[ServerProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left():
+    """A failing assertion must not leave its server running."""
+    yield
+    while _started:
+        p = _started.pop().p
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=30)
+
+
 def start(folder: Path, *args: str) -> ServerProcess:
-    return ServerProcess(folder, "--ctx", "32768", "--max-tokens", "30000", *args)
+    s = ServerProcess(folder, "--ctx", "32768", "--max-tokens", "30000", *args)
+    _started.append(s)
+    return s
 
 
 class Conn:
@@ -172,6 +188,18 @@ def test_a_queued_request_gets_503_when_the_server_stops(tiny):
     assert_clean_exit(s)
 
 
+def test_sigterm_stops_a_server_whose_stderr_is_gone(tiny):
+    """The app that started it died and its pipes closed: the stop's log line fails (broken pipe), and the
+    server must still drain and exit (it used to hang, kept alive by its accept thread)."""
+    p = subprocess.Popen([sys.executable, "-m", "qwen_edge.cli", "serve", str(tiny), "--port", "0", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    json.loads(p.stdout.readline())
+    p.stderr.close()
+    p.stdout.close()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) >= 0  # it exits by itself (no hang, no abort); its exit status has no reader
+
+
 def test_an_inherited_ignored_sigint_is_honoured(tiny):
     """A server started with SIGINT ignored (a shell's background job) keeps serving on SIGINT, as the
     convention asks; SIGTERM still stops it cleanly. The other tests give their servers SIGINT's default
@@ -213,7 +241,7 @@ MALFORMED = [
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    s = start(tiny)
+    s = ServerProcess(tiny, "--ctx", "32768", "--max-tokens", "30000")  # shared: not cleaned up per test
     yield s
     s.p.send_signal(signal.SIGTERM)
     assert_clean_exit(s)

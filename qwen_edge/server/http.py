@@ -404,16 +404,21 @@ def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: st
     signals = stop or StopSignals()
     # The accept loop runs in a thread of its own, so the main thread is free to wait for a signal and
     # then drain: a signal handler never runs inside serve_forever or a handler.
-    accept = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="qwen-edge-accept")
+    # A daemon: it never calls onnxruntime, and it must not keep the process alive if the stop goes wrong.
+    accept = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="qwen-edge-accept",
+                              daemon=True)
     accept.start()
     try:
         if ready is not None:
             ready(url, mid)
         signals.wait()
     finally:
-        with server.log_lock:  # in order with the request lines
-            print("qwen-edge serve: stopping (finishing running requests; a second signal cuts them)",
-                  file=server.log, flush=True)
+        try:  # best effort: a parent that went away leaves a broken stderr, and the drain must still run
+            with server.log_lock:  # in order with the request lines
+                print("qwen-edge serve: stopping (finishing running requests; a second signal cuts them)",
+                      file=server.log, flush=True)
+        except (OSError, ValueError):
+            pass
         done = server.drain(shutdown_timeout, signals.second, on_cut=server.engine.close)
         accept.join()
         server.server_close()
