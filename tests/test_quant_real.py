@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import RECIPES, REAL_INT4, manifest
+from conftest import REAL_INT4, REAL_INT4_PEAK, RECIPES, manifest
 
 pytestmark = pytest.mark.real
 
@@ -73,3 +73,16 @@ def test_the_shared_tables_are_stored_once(results):
     assert not manifest(folders["int8"])["quantization"]["tie_embeddings"]["tied"]  # int8 keeps both copies
     from qwen_edge.artifact import verify
     assert verify(folders["int4-410"]) == []
+
+
+def test_the_memory_estimate_bounds_the_measured_gptq_peak(example_gguf, real_int4):
+    """The real 0.5B's GPTQ (the recipe: no sensitivity pass), measured in its own process: the estimate that
+    decides refusals is not below the peak and not more than 1.5x it (footprint.py)."""
+    from qwen_edge import footprint as FP
+    from qwen_edge.sources import open_source
+    peak = int((real_int4.parent / REAL_INT4_PEAK).read_text())
+    spec = open_source(str(example_gguf)).spec
+    est = max(FP.writing(spec, FP.packed_bytes(spec, 4.8)).total,
+              FP.calibration(spec, REAL_INT4["samples"], REAL_INT4["seq_len"], "gptq").total)
+    print(f"GPTQ peak {peak / 2**30:.2f} GiB, estimate {est / 2**30:.2f} GiB")
+    assert peak <= est <= 1.5 * peak, (peak, est)

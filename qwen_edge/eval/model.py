@@ -23,6 +23,8 @@ class OnnxLM:
         self.folder = Path(folder)
         self.manifest = A.read_manifest(self.folder)  # missing folder / not an artifact: QwenEdgeError
         A.check(self.folder, self.manifest, verify=verify)  # a damaged or swapped file: scored never
+        from ..footprint import check_artifact
+        check_artifact(self.folder, self.manifest, command="eval")
         tok_path = self.folder / "tokenizer.json"
         for p in (self.folder / A.MODEL, tok_path):
             if not p.is_file():

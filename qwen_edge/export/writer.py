@@ -118,6 +118,8 @@ def export(source: str, out: str | Path, *, dtype: str = "fp32", max_length: int
         raise InputError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
     check_output(out, force, local_paths(source))  # fail before any slow download or load
     src = open_source(source, revision=revision)
+    from ..footprint import check_export
+    check_export(src.spec)
     if ort_format and not src.quantization:  # float weights: their size is known before writing anything
         from .ort_format import check_size
         sp = src.spec

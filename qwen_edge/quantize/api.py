@@ -116,6 +116,9 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
         plan, recipe_json = R.load(recipe, src.spec)
         if plan.tied and not src.spec.tie_word_embeddings:
             tie_embeddings = "on"  # the recipe was made with one table
+    # before tie(), which reads both token tables: the estimate needs only the header
+    _check_memory(src.spec, method=method, goal=budget, bits=bits, samples=samples, seq_len=seq_len,
+                  max_length=max_length, recipe=recipe is not None)
     src, tie_info = tie(src, tie_embeddings)
     spec = src.spec
     if recipe is not None:
@@ -143,6 +146,30 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
         if size > budget[1]:  # the estimate covers the worst case; this is the promise itself
             raise QwenEdgeError(f"internal: {out} is {size} bytes, over the {budget[1]}-byte budget")
     return manifest
+
+
+def _check_memory(spec, *, method: str, goal, bits: int, samples: int, seq_len: int, max_length, recipe: bool) -> None:
+    """Refuse before the slow part a job whose peak memory would exceed the machine's (footprint.py)."""
+    from .. import footprint as FP
+    if goal and goal[0] == "size":
+        out = int(goal[1])
+    else:
+        out = FP.packed_bytes(spec, goal[1] if goal and goal[0] == "bpw" else 8.6 if bits == 8 or goal else 4.8)
+    stages = [FP.writing(spec, out)]
+    if goal:
+        stages.append(FP.sensitivity(spec, seq_len))
+    if method != "rtn":
+        stages.append(FP.calibration(spec, samples, seq_len, method))
+    worst = max(stages, key=lambda e: e.total)
+    cheaper = []
+    if goal and worst.what == "the sensitivity pass":
+        plain = [FP.writing(spec, FP.packed_bytes(spec, 4.8))] + \
+            ([FP.calibration(spec, samples, seq_len, method)] if method != "rtn" else [])
+        cheaper.append(f"a plan without the sensitivity pass fits in about "
+                       f"{max(e.total for e in plain) / FP.GIB:.1f} GiB: --recipe FILE or a uniform --bits 4")
+    if method != "rtn" and worst.what.endswith("calibration"):
+        cheaper.append(f"--method rtn needs about {FP.writing(spec, out).total / FP.GIB:.1f} GiB")
+    FP.check(stages, "; ".join(cheaper) or "use a machine with more memory", command="quantize")
 
 
 def _info(method: str, plan: Plan, spec, sym: bool, accuracy_level: int, tie_info: dict,

@@ -51,6 +51,8 @@ class Model:
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
             raise QwenEdgeError(f"prefill_chunk must be an integer >= 1, got {prefill_chunk!r}")
         self.max_length = max_length
+        from ..footprint import check_artifact
+        check_artifact(self.folder, self.manifest, command="loading the model", max_length=max_length)
         self.prefill_chunk = prefill_chunk
         self.session_config = SessionConfig(threads=threads, provider=provider, arena=arena, spin=spin)
         self.tokenizer = _tokenizer(self.folder)
