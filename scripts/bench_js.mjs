@@ -1,14 +1,14 @@
 // Decode / prefill tokens per second and peak memory of one artifact in Node (onnxruntime-node, in-place
 // cache) and in headless Chromium (onnxruntime-web wasm, 2 threads, growing cache), on the given prompt ids.
 // Run by scripts/bench_platforms.py, which adds Python and prints the table.
-//   node scripts/bench_js.mjs FOLDER IDS.json NEW_TOKENS RUNS
+//   node scripts/bench_js.mjs FOLDER IDS.json NEW_TOKENS RUNS [node,chromium]
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const [folder, idsFile, newTokens, runs] = process.argv.slice(2);
+const [folder, idsFile, newTokens, runs, which = "node,chromium"] = process.argv.slice(2);
 const ids = JSON.parse(fs.readFileSync(idsFile, "utf8"));
 const N = Number(newTokens);
 const R = Number(runs);
@@ -64,4 +64,6 @@ async function chromium() {
   }
 }
 
-console.log(JSON.stringify({ node: await node(), chromium: await chromium() }));
+const want = which.split(",");
+console.log(JSON.stringify({ node: want.includes("node") ? await node() : null,
+  chromium: want.includes("chromium") ? await chromium() : null }));
