@@ -64,7 +64,8 @@ def sensitivity(spec: Any, seq_len: int) -> Estimate:
     acts = L * seq_len * 4 * (6 * h + 2 * q + 4 * kv + 4 * i + 2 * spec.num_heads * seq_len)
     return Estimate("the sensitivity pass", {
         "weights, gradients and Fisher in fp32": 12 * p, "activations of one window": acts,
-        "logits and their gradient": 3 * 4 * seq_len * spec.vocab_size})
+        # logits, log-softmax, the sampling distribution and their gradients (fp32, one window)
+        "logits and their gradient": 6 * 4 * seq_len * spec.vocab_size})
 
 
 def calibration(spec: Any, samples: int, seq_len: int, method: str) -> Estimate:
