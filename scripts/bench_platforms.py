@@ -52,12 +52,15 @@ def main() -> None:
         rows[f"Chromium (wllama {Path(gguf).name}, llama.cpp wasm, 2 threads; {w['prompt_n']}-token prompt)"] = w
     if "python" not in skip:
         rows["Python (onnxruntime)"] = python_row(a)
-    if not {"node", "chromium"} <= skip:
+    which = [x for x in ("node", "chromium") if x not in skip]
+    if which:
         js = json.loads(subprocess.run(["node", str(ROOT / "scripts" / "bench_js.mjs"), a.folder, f.name,
-                                        str(a.new_tokens), str(a.runs)], capture_output=True, text=True,
-                                       check=True).stdout.strip().splitlines()[-1])
-        rows["Node (onnxruntime-node)"] = js["node"]
-        rows["Chromium (onnxruntime-web wasm, 2 threads)"] = js["chromium"]
+                                        str(a.new_tokens), str(a.runs), ",".join(which)], capture_output=True,
+                                       text=True, check=True).stdout.strip().splitlines()[-1])
+        if js["node"]:
+            rows["Node (onnxruntime-node)"] = js["node"]
+        if js["chromium"]:
+            rows["Chromium (onnxruntime-web wasm, 2 threads)"] = js["chromium"]
     print(json.dumps(rows, indent=2))
     print(f"\n| runtime | prefill tok/s | decode tok/s | TTFT ms ({a.prompt_tokens} tokens) | peak memory MiB |")
     print("|---|---|---|---|---|")
