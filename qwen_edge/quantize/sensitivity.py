@@ -11,8 +11,9 @@ model; no real labels are needed, and none of the held-out text). Then for tenso
 in nats per token, the unit `qwen-edge eval` reports. The proxy assumes tensors add up and weights
 interact only through their own variance (a diagonal F); docs/quantize.md compares it with measured KL.
 GPTQ lowers each tensor's error below RTN's, so for a GPTQ file these are upper bounds used for ranking.
-The whole model is held in fp32 with its gradient (about 4x its fp32 size): fine for models up to ~2B
-on a 24 GB machine; larger models take a plan from --recipe or a uniform format.
+The whole model is held in fp32 with its gradient and the Fisher accumulator (12 bytes per weight plus one
+window's activations: 11 GB for the 0.5B): up to about 1B on a 24 GB machine; footprint.py refuses a larger
+model before this starts, naming a recipe or a uniform format instead.
 """
 
 from __future__ import annotations
