@@ -168,6 +168,8 @@ CLI_CASES = [
     ("quantize-target-speed-too-fast", "quantize {ws}/src -o {out} --method rtn --target-size 1.35MiB "
      "--target-speed 90000tok/s --no-progress", "is beyond this CPU"),
     ("quantize-samples", "quantize {ws}/src -o {out} --samples 0", "--samples must be >= 1"),
+    ("quantize-no-memory", "QWEN_EDGE_MEMORY_LIMIT=64MiB quantize {ws}/src -o {out} --target-size 1.35MiB",
+     "more than the 0.1 GiB this machine has available"),
     ("quantize-out-is-source", "quantize {ws}/src -o {ws}/src --force", "is the source"),
     ("quantize-force-user-folder", "quantize {ws}/src -o {ws}/user --force", "qwen-edge did not write"),
     ("quantize-checkpoint-in-source", "quantize {ws}/src -o {out} --method rtn --save-checkpoint {ws}/src/ck",
@@ -181,6 +183,8 @@ CLI_CASES = [
     ("run-missing-folder", "run {ws}/nope -p hi", "no such model folder"),
     ("run-not-an-artifact", "run {ws}/user -p hi", "not a qwen-edge model folder"),
     ("run-no-prompt", "run {ws}/art", "give a prompt"),
+    ("run-no-memory", "QWEN_EDGE_MEMORY_LIMIT=32MiB run {ws}/art -p hi", "loading the model needs about"),
+    ("export-no-memory", "QWEN_EDGE_MEMORY_LIMIT=32MiB export {ws}/src -o {out}", "export needs about"),
     ("run-utf8-argv", "run {ws}/art -p \udcff\udcfehello", "not valid UTF-8 (byte 0xff at character 0)"),
     ("run-utf8-stdin", "run {ws}/art -p -", "stdin is not valid UTF-8 (byte 0xff at offset 3)", b"ok\n\xff"),
     ("run-temperature", "run {ws}/art -p hi --temperature -1", "temperature must be a finite number >= 0"),
@@ -245,9 +249,14 @@ def test_cli_bad_input(ws, case):
     stdin = case[3] if len(case) > 3 else b""
     out = ws / f"fresh-{name}"
     before = snapshot(ws)
-    args = [a.encode("utf-8", "surrogateescape") for a in _argv(template, ws, out)]
+    argv = _argv(template, ws, out)
+    env = dict(ENV)
+    while argv and "=" in argv[0] and argv[0].split("=", 1)[0].isupper():  # leading NAME=value: environment
+        k, v = argv.pop(0).split("=", 1)
+        env[k] = v
+    args = [a.encode("utf-8", "surrogateescape") for a in argv]
     r = subprocess.run([sys.executable.encode(), b"-m", b"qwen_edge.cli", *args], input=stdin,
-                       capture_output=True, env=ENV, timeout=300, cwd=ws)
+                       capture_output=True, env=env, timeout=300, cwd=ws)
     err = r.stderr.decode("utf-8", "replace")
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert r.returncode == 2, err
