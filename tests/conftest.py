@@ -29,19 +29,16 @@ REAL_INT4 = dict(method="gptq", recipe=RECIPES / "qwen2.5-coder-0.5b-instruct-41
 def real_int4(example_gguf, tmp_path_factory) -> Path:
     """The real model at the recommended 410 MiB recipe, quantized once per test session, in a child process
     whose own peak RSS is kept beside it (REAL_INT4_PEAK: test_quant_real checks the memory estimate)."""
-    import os
-    import subprocess
     import sys
     out = tmp_path_factory.mktemp("real") / "int4-410"
     args = [sys.executable, "-m", "qwen_edge.cli", "quantize", str(example_gguf), "-o", str(out), "--max-length",
             "4096", "--no-progress"]
     for k, v in REAL_INT4.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
-    with open(out.parent / "quantize.log", "w") as log:
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        _, status, ru = os.wait4(p.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, (out.parent / "quantize.log").read_text()[-2000:]
-    (out.parent / REAL_INT4_PEAK).write_text(str(ru.ru_maxrss * 1024))
+    from peak_rss import run_measured
+    code, peak = run_measured(args, out.parent / "quantize.log")
+    assert code == 0, (out.parent / "quantize.log").read_text()[-2000:]
+    (out.parent / REAL_INT4_PEAK).write_text(str(peak))
     return out
 
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from peak_rss import run_measured
 from shaped_models import hollow_checkpoint
 from tiny_models import make_tiny
 
@@ -24,11 +25,7 @@ def cli(*args, env=None, timeout=60):
 
 def measured(*args, env=None) -> tuple[int, int]:
     """(exit code, the child's own peak RSS in bytes)."""
-    with open(os.devnull, "w") as null:
-        p = subprocess.Popen([sys.executable, "-m", "qwen_edge.cli", *map(str, args)], stdout=null, stderr=null,
-                             env={**os.environ, **(env or {})})
-        _, status, ru = os.wait4(p.pid, 0)
-    return os.waitstatus_to_exitcode(status), ru.ru_maxrss * 1024
+    return run_measured([sys.executable, "-m", "qwen_edge.cli", *map(str, args)], env=env)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +103,7 @@ def test_the_estimate_bounds_the_measured_peak_on_a_tiny_model(tiny, tmp_path):
     for n, (args, stages) in enumerate((
         (("--method", "rtn", "--bits", "4"), [FP.writing(spec, FP.packed_bytes(spec, 4.8))]),
         (("--method", "gptq", "--samples", "4", "--seq-len", "64", "--calibration", "enwiki"),
-         [FP.writing(spec, FP.packed_bytes(spec, 4.8)), FP.calibration(spec, 4, 64, "gptq")]),
+         [FP.writing(spec, FP.packed_bytes(spec, 4.8)), FP.calibration(spec, 4, 64, "gptq", FP.packed_bytes(spec, 4.8))]),
         (("--method", "rtn", "--bpw", "6", "--sensitivity-samples", "2", "--seq-len", "64", "--target-speed", "0"),
          [FP.writing(spec, FP.packed_bytes(spec, 6)), FP.sensitivity(spec, 64)]),
     )):

@@ -86,6 +86,6 @@ def test_the_memory_estimate_bounds_the_measured_gptq_peak(example_gguf, real_in
     peak = int((real_int4.parent / REAL_INT4_PEAK).read_text())
     spec = open_source(str(example_gguf)).spec
     est = max(FP.writing(spec, FP.packed_bytes(spec, 4.8)).total,
-              FP.calibration(spec, REAL_INT4["samples"], REAL_INT4["seq_len"], "gptq").total)
+              FP.calibration(spec, REAL_INT4["samples"], REAL_INT4["seq_len"], "gptq", FP.packed_bytes(spec, 4.8)).total)
     print(f"GPTQ peak {peak / 2**30:.2f} GiB, estimate {est / 2**30:.2f} GiB")
     assert peak <= est <= 1.5 * peak, (peak, est)

@@ -159,12 +159,12 @@ def _check_memory(spec, *, method: str, goal, bits: int, samples: int, seq_len: 
     if goal:
         stages.append(FP.sensitivity(spec, seq_len))
     if method != "rtn":
-        stages.append(FP.calibration(spec, samples, seq_len, method))
+        stages.append(FP.calibration(spec, samples, seq_len, method, out))
     worst = max(stages, key=lambda e: e.total)
     cheaper = []
     if goal and worst.what == "the sensitivity pass":
         plain = [FP.writing(spec, FP.packed_bytes(spec, 4.8))] + \
-            ([FP.calibration(spec, samples, seq_len, method)] if method != "rtn" else [])
+            ([FP.calibration(spec, samples, seq_len, method, FP.packed_bytes(spec, 4.8))] if method != "rtn" else [])
         cheaper.append(f"a plan without the sensitivity pass fits in about "
                        f"{max(e.total for e in plain) / FP.GIB:.1f} GiB: --recipe FILE or a uniform --bits 4")
     if method != "rtn" and worst.what.endswith("calibration"):
