@@ -7,8 +7,8 @@ client, gate its accuracy against the fp32 export, and benchmark both.
 
 About fifteen minutes on 2 cores (GPTQ with 32 x 512 calibration tokens is most of it). `--target-size
 410MiB` instead of the recipe recomputes the plan (a 4-minute sensitivity pass, and a few minutes to time
-the formats on this CPU the first time): with the default speed floor it is not the recipe's plan but one
-predicted to decode at least as fast as the plain int4 file (docs/quantize.md).
+the formats on this CPU the first time): the default speed floor (as fast as the plain int4 file) gives a
+more accurate, slower plan than the recipe's, which was made with `--target-speed 1.07x` (docs/quantize.md).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main() -> None:
     sh("run", int4, "-p", "Write a haiku about rust", "--temperature", "0", "--max-new-tokens", "48")
     serve_demo(int4)
     sh("eval", str(out / "fp32"), int4, "--reference", str(out / "fp32"), "--dataset", "enwiki", "--ctx", "512",
-       "--max-tokens", "8192", "--gate", "kl_mean<=0.025", "--gate", "top1>=92%", "--force",
+       "--max-tokens", "8192", "--gate", "kl_mean<=0.025", "--gate", "top1>=90%", "--force",
        "--markdown", str(out / "eval.md"), "--plot", str(out / "tradeoff.png"))
     for folder in (str(out / "fp32"), int4):
         sh("bench", folder, "--prompt-tokens", "256", "--new-tokens", "64", "--runs", "3")
