@@ -31,18 +31,9 @@ CONFIG = {  # Qwen2.5-7B-Instruct's config.json (transformers 4.x layout, as on 
 
 
 def tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
-    h, i = c["hidden_size"], c["intermediate_size"]
-    kv = c["num_key_value_heads"] * h // c["num_attention_heads"]
-    out = [("model.embed_tokens.weight", (c["vocab_size"], h))]
-    for n in range(c["num_hidden_layers"]):
-        p = f"model.layers.{n}"
-        out += [(f"{p}.input_layernorm.weight", (h,)), (f"{p}.post_attention_layernorm.weight", (h,)),
-                (f"{p}.self_attn.q_proj.weight", (h, h)), (f"{p}.self_attn.q_proj.bias", (h,)),
-                (f"{p}.self_attn.k_proj.weight", (kv, h)), (f"{p}.self_attn.k_proj.bias", (kv,)),
-                (f"{p}.self_attn.v_proj.weight", (kv, h)), (f"{p}.self_attn.v_proj.bias", (kv,)),
-                (f"{p}.self_attn.o_proj.weight", (h, h)), (f"{p}.mlp.gate_proj.weight", (i, h)),
-                (f"{p}.mlp.up_proj.weight", (i, h)), (f"{p}.mlp.down_proj.weight", (h, i))]
-    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (c["vocab_size"], h))]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from shaped_models import tensor_shapes  # one list of Qwen2 tensor shapes, shared with the tests
+    return tensor_shapes(c)
 
 
 def write_shards(folder: Path, shard_bytes: int = 4 << 30) -> None:

@@ -20,11 +20,8 @@ CONFIGS = {  # the hub's config.json values that shape the model
 }
 
 
-def hollow_checkpoint(dest: Path, size: str) -> Path:
-    c = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "max_position_embeddings": 32768,
-         "rope_theta": 1000000.0, "rms_norm_eps": 1e-06, "use_sliding_window": False, "sliding_window": 131072,
-         "max_window_layers": 28, "torch_dtype": "bfloat16", "bos_token_id": 0, "eos_token_id": 2,
-         "hidden_act": "silu", **CONFIGS[size]}
+def tensor_shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """Every tensor of a Qwen2 checkpoint with config `c`, in the hub's names (lm_head only when untied)."""
     h, i = c["hidden_size"], c["intermediate_size"]
     kv = c["num_key_value_heads"] * h // c["num_attention_heads"]
     shapes = [("model.embed_tokens.weight", (c["vocab_size"], h))]
@@ -39,6 +36,15 @@ def hollow_checkpoint(dest: Path, size: str) -> Path:
     shapes.append(("model.norm.weight", (h,)))
     if not c["tie_word_embeddings"]:
         shapes.append(("lm_head.weight", (c["vocab_size"], h)))
+    return shapes
+
+
+def hollow_checkpoint(dest: Path, size: str) -> Path:
+    c = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "max_position_embeddings": 32768,
+         "rope_theta": 1000000.0, "rms_norm_eps": 1e-06, "use_sliding_window": False, "sliding_window": 131072,
+         "max_window_layers": 28, "torch_dtype": "bfloat16", "bos_token_id": 0, "eos_token_id": 2,
+         "hidden_act": "silu", **CONFIGS[size]}
+    shapes = tensor_shapes(c)
     header, off = {}, 0
     for name, shape in shapes:
         n = 2
