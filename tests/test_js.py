@@ -53,7 +53,7 @@ def _node_test(files: list[str], env: dict, timeout: int = 1800) -> str:
 
 def test_node_runtime_against_python_golden(fixtures):
     out = _node_test(["test/runtime.test.js"], {"QWEN_EDGE_JS_FIXTURES": str(fixtures)})
-    assert "# pass 21" in out, out[-3000:]  # every test but the real-model one (test_js_real_model runs it)
+    assert "# pass 22" in out, out[-3000:]  # every test but the real-model one (test_js_real_model runs it)
 
 
 def test_browser_page_in_headless_chromium(fixtures, tmp_path):

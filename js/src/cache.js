@@ -1,14 +1,18 @@
 // The KV cache of one sequence and the forward step, over an onnxruntime (node or web) session.
 //
-// InPlaceCache (onnxruntime-node): per layer one [1, kv_heads, capacity, head_dim] buffer passed both as
-// past_key_values.N.* and as the preallocated present.N.* output, so GroupQueryAttention writes new keys
-// and values in place (the capacity grows with the sequence, below). GrowingCache (onnxruntime-web: its preallocated
+// OwnedCache (onnxruntime-node): per layer one [1, kv_heads, capacity, head_dim] buffer kept by JavaScript
+// and fed as past_key_values.N.*; the session runs the graph of small_outputs.js, which outputs only the
+// new positions (present_new.N.*), copied in after each run. InPlaceCache (onnxruntime-node, a graph that
+// small_outputs.js cannot rewrite): the same buffers also passed as the preallocated present.N.* outputs,
+// so GroupQueryAttention writes new keys and values in place, but onnxruntime-node then copies the whole
+// cache out at every run (below). The capacity grows with the sequence. GrowingCache (onnxruntime-web: its preallocated
 // outputs stay empty, an open onnxruntime bug): the past holds exactly the positions so far and each
 // step's present becomes the next past.
 //
-// The graph's logits_to_keep cannot be fed from JavaScript (node ignores the feed, web rejects it), so a
-// forward pass computes every fed position's logits: the prompt is fed in chunks of `prefillChunk` tokens
-// so no pass computes more than one chunk's logits ([chunk, vocab] floats).
+// The graph's logits_to_keep cannot be fed from JavaScript (node ignores the feed, web rejects it), so with
+// the graph as exported a forward pass computes every fed position's logits: the prompt is fed in chunks of
+// `prefillChunk` tokens so no pass computes more than one chunk's logits ([chunk, vocab] floats). The
+// rewritten graph of small_outputs.js (Node) keeps only the last position's, so its chunks can be large.
 
 import { QwenEdgeError } from "./errors.js";
 
@@ -67,7 +71,8 @@ class Cache {
       };
       const out = await this.run(feeds, n);
       const all = out.logits.data;
-      logits = all.slice((n - 1) * this.vocab, n * this.vocab); // a copy: the output's memory is reused
+      const rows = out.logits.dims[1]; // n, or 1 where the graph keeps only the last position's logits
+      logits = all.slice((rows - 1) * this.vocab, rows * this.vocab); // a copy: the output's memory is reused
       out.logits.dispose?.();
       this.length = total;
     }
@@ -139,6 +144,28 @@ export class InPlaceCache extends Cache {
       }
     }
     return this.session.run(feeds, fetches);
+  }
+}
+
+export class OwnedCache extends InPlaceCache {
+  async run(feeds, n) {
+    const s = this.spec;
+    const fetches = ["logits"];
+    for (let i = 0; i < s.num_layers; i++) {
+      feeds[`past_key_values.${i}.key`] = this.buffers[2 * i];
+      feeds[`past_key_values.${i}.value`] = this.buffers[2 * i + 1];
+      fetches.push(`present_new.${i}.key`, `present_new.${i}.value`);
+    }
+    const out = await this.session.run(feeds, fetches);
+    const hd = s.head_dim;
+    const cap = this.capacity;
+    for (let i = 0; i < 2 * s.num_layers; i++) {
+      const name = `present_new.${i >> 1}.${i & 1 ? "value" : "key"}`;
+      const src = out[name].data;
+      const dst = this.buffers[i].data;
+      for (let h = 0; h < s.num_kv_heads; h++) dst.set(src.subarray(h * n * hd, (h + 1) * n * hd), (h * cap + this.length) * hd);
+    }
+    return out;
   }
 }
 

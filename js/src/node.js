@@ -13,10 +13,11 @@ import { Template } from "@huggingface/jinja";
 import { Tokenizer } from "@huggingface/tokenizers";
 import * as ort from "onnxruntime-node";
 
-import { InPlaceCache } from "./cache.js";
+import { InPlaceCache, OwnedCache } from "./cache.js";
 import { Chat, Model, TextStream } from "./core.js";
 import { QwenEdgeError } from "./errors.js";
 import { checkModelFields } from "./graph.js";
+import { smallOutputGraph } from "./small_outputs.js";
 
 export { Chat, Model, QwenEdgeError, TextStream };
 
@@ -82,12 +83,13 @@ function sha256(file) {
 /**
  * Load an artifact folder. Options: threads (0 = onnxruntime's default), maxLength (a shorter context:
  * smaller KV caches), verify (sha256 of every file; sizes are always checked), prefillChunk (tokens per
- * prefill pass, whose logits are all computed).
+ * prefill pass: 256 as in Python, or 64 where the graph cannot be rewritten and every fed position's
+ * logits are computed).
  * @returns {Promise<Model>}
  */
-export async function loadModel(folder, { threads = 0, maxLength, verify = true, prefillChunk = 64 } = {}) {
+export async function loadModel(folder, { threads = 0, maxLength, verify = true, prefillChunk } = {}) {
   const manifest = checkFolder(folder, { verify });
-  if (!Number.isInteger(prefillChunk) || prefillChunk < 1) throw new QwenEdgeError(`prefillChunk must be an integer >= 1, got ${prefillChunk}`);
+  if (prefillChunk !== undefined && (!Number.isInteger(prefillChunk) || prefillChunk < 1)) throw new QwenEdgeError(`prefillChunk must be an integer >= 1, got ${prefillChunk}`);
   if (!Number.isInteger(threads) || threads < 0) throw new QwenEdgeError(`threads must be an integer >= 0, got ${threads}`);
   const tokJson = readJson(path.join(folder, "tokenizer.json"), "the tokenizer");
   const tokCfgPath = path.join(folder, "tokenizer_config.json");
@@ -104,16 +106,22 @@ export async function loadModel(folder, { threads = 0, maxLength, verify = true,
   const templateText = fs.existsSync(jinjaPath) ? fs.readFileSync(jinjaPath, "utf8") : null;
   const opts = { graphOptimizationLevel: "all", executionProviders: ["cpu"], logSeverityLevel: 3 };
   if (threads) opts.intraOpNumThreads = threads;
+  const dtype = manifest.dtype === "fp16" ? "float16" : "float32";
+  const graphPath = path.join(folder, "model.onnx");
+  // The graph whose outputs are small (small_outputs.js); its weights are still read from the folder.
+  const small = smallOutputGraph(fs.readFileSync(graphPath), dtype);
+  if (small) opts.extra = { session: { model_external_initializers_file_folder_path: path.resolve(folder) } };
   let session;
   try {
-    session = await ort.InferenceSession.create(path.join(folder, "model.onnx"), opts);
+    session = await ort.InferenceSession.create(small ?? graphPath, opts);
   } catch (e) {
-    throw new QwenEdgeError(`onnxruntime cannot load ${path.join(folder, "model.onnx")}: ${String(e.message).split("\n")[0]}`);
+    throw new QwenEdgeError(`onnxruntime cannot load ${graphPath}: ${String(e.message).split("\n")[0]}`);
   }
-  const dtype = manifest.dtype === "fp16" ? "float16" : "float32";
   const spec = manifest.model;
+  const Cache = small ? OwnedCache : InPlaceCache;
+  prefillChunk ??= small ? 256 : 64;
   const backend = {
-    newCache: (n) => new InPlaceCache(session, ort, spec, n, prefillChunk, dtype),
+    newCache: (n) => new Cache(session, ort, spec, n, prefillChunk, dtype),
     close: () => session.release(),
   };
   return new Model({ manifest, tokenizer, tokenizerConfig, generationConfig, Template, templateText, backend, maxLength });

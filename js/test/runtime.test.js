@@ -6,7 +6,11 @@ import path from "node:path";
 import { test } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
+import * as ort from "onnxruntime-node";
+
+import { InPlaceCache, OwnedCache } from "../src/cache.js";
 import { checkFolder, loadModel, QwenEdgeError } from "../src/node.js";
+import { smallOutputGraph } from "../src/small_outputs.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const FIX = process.env.QWEN_EDGE_JS_FIXTURES || path.join(here, ".fixtures");
@@ -49,6 +53,45 @@ for (const name of Object.keys(golden)) {
     assert.ok(chat.last.timings.cachedTokens > 0);
   });
 }
+
+test("the Node session runs the small-output graph: same tokens as the exported graph's in-place cache, past the cache's growth step", async () => {
+  for (const name of Object.keys(golden)) {
+    const dir = path.join(FIX, name);
+    const m = await model(name);
+    const bytes = fs.readFileSync(path.join(dir, "model.onnx"));
+    const small = smallOutputGraph(bytes, m.manifest.dtype === "fp16" ? "float16" : "float32");
+    assert.ok(small, `${name}: the graph is rewritten`);
+    assert.equal(smallOutputGraph(small, "float32"), null, "a rewritten graph is not rewritten twice");
+    const owned = m.backend.newCache(400);
+    assert.ok(owned instanceof OwnedCache, `${name}: the model uses the small-output cache`);
+    // the exported graph, its whole cache bound as outputs, in chunks of 64 (every position's logits)
+    const plain = await ort.InferenceSession.create(path.join(dir, "model.onnx"), { intraOpNumThreads: 1 });
+    const dtype = m.manifest.dtype === "fp16" ? "float16" : "float32";
+    const inplace = new InPlaceCache(plain, ort, m.manifest.model, 400, 64, dtype);
+    const V = m.manifest.model.vocab_size;
+    const prompt = Array.from({ length: 300 }, (_, i) => (i * 7919) % V); // crosses the 256-position step
+    const greedy = async (cache) => {
+      cache.append(prompt);
+      const out = [];
+      let logits = await cache.forward();
+      for (let i = 0; i < 12; i++) {
+        let best = 0;
+        for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
+        out.push(best);
+        cache.push(best);
+        if (i === 5) { // a rewind: the last three positions run again, as one chunk
+          const last = cache.ids.slice(-3);
+          cache.truncate(cache.ids.length - 3);
+          cache.append(last);
+        }
+        logits = await cache.forward();
+      }
+      return out;
+    };
+    assert.deepEqual(await greedy(owned), await greedy(inplace), `${name}: greedy tokens`);
+    await plain.release();
+  }
+});
 
 test("sampling with a seed is reproducible (and seeds differ)", async () => {
   const m = await model("qwen2-fp32");
