@@ -3,10 +3,11 @@
 // onnxruntime-web and the tokenizer / template classes are handed in, so a page or a worker can load
 // them from any URL without a bundler (browser.js is the entry that imports them for bundlers).
 
-import { GrowingCache } from "./cache.js";
+import { GrowingCache, OwnedCache } from "./cache.js";
 import { Model } from "./core.js";
 import { QwenEdgeError } from "./errors.js";
 import { checkModelFields } from "./graph.js";
+import { smallOutputGraph } from "./small_outputs.js";
 
 async function get(base, name, kind, fetchFn, optional = false) {
   const url = new URL(name, base).href;
@@ -48,9 +49,12 @@ async function checkBytes(name, bytes, manifest, verify) {
  * WebCrypto; sizes are always checked), prefillChunk, wasmPaths (where onnxruntime-web's .wasm files are),
  * fetch, onProgress(stage).
  */
-export async function loadModelFromUrl(baseUrl, deps, { threads = 1, maxLength, verify = true, prefillChunk = 64,
+export async function loadModelFromUrl(baseUrl, deps, { threads = 1, maxLength, verify = true, prefillChunk,
   wasmPaths, fetch: fetchFn = globalThis.fetch.bind(globalThis), onProgress = () => {} } = {}) {
   const { ort, Tokenizer, Template } = deps || {};
+  if (prefillChunk !== undefined && (!Number.isInteger(prefillChunk) || prefillChunk < 1)) {
+    throw new QwenEdgeError(`prefillChunk must be an integer >= 1, got ${prefillChunk}`);
+  }
   if (!ort || !Tokenizer || !Template) throw new QwenEdgeError("loadModelFromUrl needs deps { ort, Tokenizer, Template }");
   const base = baseUrl.endsWith("/") ? baseUrl : `${baseUrl}/`;
   onProgress("manifest");
@@ -72,17 +76,21 @@ export async function loadModelFromUrl(baseUrl, deps, { threads = 1, maxLength, 
   ort.env.wasm.numThreads = threads;
   if (wasmPaths) ort.env.wasm.wasmPaths = wasmPaths;
   onProgress("session");
+  const dtype = manifest.dtype === "fp16" ? "float16" : "float32";
+  // the graph whose outputs are the new KV rows and the last logits (small_outputs.js), when it applies
+  const small = smallOutputGraph(graph, dtype);
   let session;
   try {
-    session = await ort.InferenceSession.create(graph, { executionProviders: ["wasm"], graphOptimizationLevel: "all",
+    session = await ort.InferenceSession.create(small ?? graph, { executionProviders: ["wasm"], graphOptimizationLevel: "all",
       externalData: data ? [{ path: "model.onnx.data", data }] : undefined });
   } catch (e) {
     throw new QwenEdgeError(`onnxruntime-web cannot load the model: ${String(e.message || e).split("\n")[0]}`);
   }
   const tokenizer = new Tokenizer(tokJson, tokenizerConfig || {});
-  const dtype = manifest.dtype === "fp16" ? "float16" : "float32";
+  const Cache = small ? OwnedCache : GrowingCache;
+  prefillChunk ??= small ? 128 : 64;
   const backend = {
-    newCache: (n) => new GrowingCache(session, ort, manifest.model, n, prefillChunk, dtype),
+    newCache: (n) => new Cache(session, ort, manifest.model, n, prefillChunk, dtype),
     close: () => session.release(),
   };
   onProgress("ready");

@@ -83,7 +83,7 @@ export interface LoadOptions {
   threads?: number;        // onnxruntime intra-op threads (Node) / wasm threads (browser); 0 = default
   maxLength?: number;      // a shorter context than the export's
   verify?: boolean;        // sha256 of every file against the manifest (default true; sizes always)
-  prefillChunk?: number;   // prompt tokens per forward pass (default 256 in Node, 64 in the browser)
+  prefillChunk?: number;   // prompt tokens per forward pass (default 256 in Node, 128 in the browser)
 }
 
 /** Node: an artifact folder on disk. Browser: the URL the folder is served at. */
