@@ -7,8 +7,8 @@ nothing written) and exits 2 with one line naming what would fit instead.
 
 The estimates follow what each stage holds at its peak (docs/reliability.md lists them with the measured
 peaks they were checked against):
-- sensitivity (a size / KL target): every weight in fp32 with its gradient and its Fisher accumulator
-  (12 bytes per parameter), the autograd activations of one window, the logits and their gradient;
+- sensitivity (a size / KL target): one decoder layer in fp32 with its gradient and Fisher accumulator,
+  the token table(s) likewise, every window's activations at a layer boundary, one window's logits;
 - GPTQ / AWQ: one decoder layer in fp32, the calibration activations (inputs and float targets), the
   Hessians of one layer's linears and GPTQ's working copies of the widest one;
 - writing an artifact: the packed output held until written, plus the float tables being packed;
@@ -53,17 +53,23 @@ def _params(spec: Any) -> tuple[int, int]:
     return spec.num_layers * per_layer, spec.vocab_size * h
 
 
-def sensitivity(spec: Any, seq_len: int) -> Estimate:
+def sensitivity(spec: Any, seq_len: int, windows: int = 16) -> Estimate:
+    """The layer-by-layer pass (quantize/sensitivity.py): one decoder layer, the token table(s) and the
+    boundary activations of every window, never the whole model."""
     lin, table = _params(spec)
-    tables = 1 if spec.tie_word_embeddings else 2
-    p = lin + tables * table
     h, i, L = spec.hidden_size, spec.intermediate_size, spec.num_layers
     q, kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-    # autograd keeps, per layer, the normed inputs, q/k/v, the attention weights, the MLP's gate, up and
-    # product (two of width i), and the residuals
-    acts = L * seq_len * 4 * (6 * h + 2 * q + 4 * kv + 4 * i + 2 * spec.num_heads * seq_len)
+    # autograd keeps, in one layer for one window, the normed inputs, q/k/v, the attention weights, the
+    # MLP's gate, up and product (two of width i), and the residuals
+    acts = seq_len * 4 * (6 * h + 2 * q + 4 * kv + 4 * i + 2 * spec.num_heads * seq_len)
+    tables = "the table: weight, Fisher and gradient" if spec.tie_word_embeddings else \
+        "the head: weight, Fisher and gradient"
     return Estimate("the sensitivity pass", {
-        "weights, gradients and Fisher in fp32": 12 * p, "activations of one window": acts,
+        "one layer: weights, gradients and Fisher in fp32": 4 * 4 * lin // L,
+        tables: 12 * table,
+        # every window's layer output, gradient (old and new) and saved input, fp32
+        "boundary activations of every window": 4 * 4 * windows * seq_len * h,
+        "one layer's autograd activations for one window": acts,
         # logits, log-softmax, the sampling distribution and their gradients (fp32, one window)
         "logits and their gradient": 6 * 4 * seq_len * spec.vocab_size})
 

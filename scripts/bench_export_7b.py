@@ -36,12 +36,22 @@ def tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     return tensor_shapes(c)
 
 
-def write_shards(folder: Path, shard_bytes: int = 4 << 30) -> None:
+def config_for(size: str) -> dict:
+    """Qwen2.5-{1.5B,3B,7B}-Instruct's config (tests/shaped_models.CONFIGS holds what differs)."""
+    if size == "7b":
+        return dict(CONFIG)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from shaped_models import CONFIGS
+    return {**CONFIG, **CONFIGS[size], "max_window_layers": CONFIGS[size]["num_hidden_layers"]}
+
+
+def write_shards(folder: Path, shard_bytes: int = 4 << 30, size: str = "7b") -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    config = config_for(size)
     block = (np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32) * 0.02).view(np.uint32) >> 16
     block = block.astype(np.uint16).tobytes()  # 2 MB of bf16 filler, tiled
     shards, cur, size = [], [], 0
-    for name, shape in tensors(CONFIG):
+    for name, shape in tensors(config):
         n = int(np.prod(shape)) * 2
         if cur and size + n > shard_bytes:
             shards.append(cur)
@@ -60,7 +70,7 @@ def write_shards(folder: Path, shard_bytes: int = 4 << 30) -> None:
             for _, _, n in shard:
                 for start in range(0, n, len(block)):
                     f.write(block[: min(len(block), n - start)])
-    (folder / "config.json").write_text(json.dumps(CONFIG))
+    (folder / "config.json").write_text(json.dumps(config))
     tok = Path(sys.argv[0]).resolve().parent.parent / "tests"
     sys.path.insert(0, str(tok))
     from tiny_models import tiny_tokenizer  # a stand-in tokenizer: the export only copies it

@@ -46,6 +46,8 @@ OURS = {
     "speed-int8": dict(method="rtn", target_kl="0.0004", tie_embeddings="off", target_speed="0.85x"),
     "rtn-int4g128": dict(method="rtn", bits=4, group_size=128, token_group_size=128, embed_bits=4, head_bits=4),
     "recommended-int8": dict(method="rtn", bits=8),  # blocks of 32, untied tables, accuracy level 4
+    # symmetric int8 at blocks of 64: no zero points, 8.5 bits per weight as Q8_0 (fp32 scale per 64)
+    "int8-sym-g64": dict(method="rtn", bits=8, group_size=64, token_group_size=64, sym=True),
     "gptq-int4g32": dict(method="gptq", bits=4, group_size=32),  # every linear int4, tied int8 table
     "rtn-int4g32": dict(method="rtn", bits=4, group_size=32),
     # the previous int8 default, for speed: blocks of 128, fp32 activations (accuracy level 0)
@@ -82,7 +84,7 @@ def quantize_ours(name: str, gguf: Path, out: Path) -> dict:
     args = [sys.executable, "-m", "qwen_edge.cli", "quantize", gguf, "-o", out / name, "--max-length", "4096",
             "--force", "--no-progress"]
     for k, v in kw.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+        args += [f"--{k.replace('_', '-')}"] if v is True else [f"--{k.replace('_', '-')}", str(v)]
     return run_measured(args, log=out / f"{name}.log")
 
 

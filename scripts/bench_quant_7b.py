@@ -4,6 +4,11 @@ values change neither memory nor time). Each run in its own process; wall time a
 
     python scripts/bench_quant_7b.py --work /tmp/bench7b [--samples 8 --seq-len 256] [--keep]
     python scripts/bench_quant_7b.py --methods rtn --run      # then run the int4 file: bench, Node, serve
+    python scripts/bench_quant_7b.py --size 1.5b --methods target --windows 16   # --bpw 5: sensitivity + RTN
+
+`target` is `quantize --method rtn --bpw 5 --target-speed 0 --sensitivity-samples N`: the layer-by-layer
+sensitivity pass and the allocation at that size (`--size 1.5b | 3b | 7b`; the same shapes, synthetic
+values: the plan means nothing, its time and memory are real).
 
 `--run` loads the RTN artifact the way a user would and records load time, prefill / decode tok/s and
 peak RSS: `qwen-edge bench` (Python), the JavaScript package in Node, and `qwen-edge serve` answering one
@@ -89,19 +94,25 @@ def main() -> None:
     ap.add_argument("--methods", default="rtn,gptq")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--run", action="store_true", help="also run the RTN file (bench, Node, serve)")
+    ap.add_argument("--size", default="7b", choices=["1.5b", "3b", "7b"])
+    ap.add_argument("--windows", type=int, default=16, help="sensitivity windows of 512 tokens (target)")
     a = ap.parse_args()
     work = Path(a.work)
-    src = work / "Qwen2.5-7B-shaped"
+    src = work / f"Qwen2.5-{a.size.upper()}-shaped"
     if not (src / "config.json").is_file():
         t = time.perf_counter()
-        write_shards(src)
+        write_shards(src, size=a.size)
         print(f"wrote the synthetic checkpoint in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     rows = {}
     for method in a.methods.split(","):
         out = work / f"int4-{method}"
-        cmd = [sys.executable, "-m", "qwen_edge.cli", "quantize", str(src), "-o", str(out), "--method", method,
-               "--bits", "4", "--group-size", "32", "--max-length", "4096", "--force", "--no-progress"]
-        if method != "rtn":
+        cmd = [sys.executable, "-m", "qwen_edge.cli", "quantize", str(src), "-o", str(out), "--max-length", "4096",
+               "--force", "--no-progress"]
+        if method == "target":
+            cmd += ["--method", "rtn", "--bpw", "5", "--target-speed", "0", "--sensitivity-samples", str(a.windows)]
+        else:
+            cmd += ["--method", method, "--bits", "4", "--group-size", "32"]
+        if method not in ("rtn", "target"):
             cmd += ["--samples", str(a.samples), "--seq-len", str(a.seq_len)]
         rows[method] = measured(cmd)
         rows[method]["output_gib"] = round(sum(p.stat().st_size for p in out.iterdir()) / 2**30, 2)
@@ -111,7 +122,7 @@ def main() -> None:
             print("run", json.dumps(rows["run"]), file=sys.stderr, flush=True)
         if not a.keep:
             shutil.rmtree(out)
-    print(json.dumps({"checkpoint_gb": round(sum(p.stat().st_size for p in src.glob("*.safetensors")) / 1e9, 2),
+    print(json.dumps({"size": a.size, "checkpoint_gb": round(sum(p.stat().st_size for p in src.glob("*.safetensors")) / 1e9, 2),
                       "calibration": f"{a.samples} x {a.seq_len}", **rows}, indent=2))
     if not a.keep:
         shutil.rmtree(work)

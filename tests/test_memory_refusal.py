@@ -47,11 +47,12 @@ def one_error_line(r) -> str:
 
 
 @pytest.mark.parametrize("size", ["1.5b", "3b", "7b"])
-def test_a_target_on_a_model_too_large_for_the_sensitivity_pass_is_refused_at_once(shaped, size, tmp_path):
+def test_a_target_on_a_machine_too_small_for_the_sensitivity_pass_is_refused_at_once(shaped, size, tmp_path):
     out = tmp_path / "out"
-    r, secs = cli("quantize", shaped[size], "-o", out, "--target-size", "2GiB", env={"QWEN_EDGE_MEMORY_LIMIT": "20GiB"})
+    r, secs = cli("quantize", shaped[size], "-o", out, "--method", "rtn", "--target-size", "2GiB",
+                  env={"QWEN_EDGE_MEMORY_LIMIT": "5GiB"})
     line = one_error_line(r)
-    assert "the sensitivity pass" in line and "--recipe" in line and "20.0 GiB" in line, line
+    assert "the sensitivity pass" in line and "--recipe" in line and "5.0 GiB" in line, line
     assert secs < 10 and not out.exists()
 
 
@@ -64,15 +65,17 @@ def test_gptq_at_7b_on_a_small_machine_names_rtn(shaped, tmp_path):
 
 
 def test_the_sensitivity_estimate_matches_the_measured_real_peaks(shaped):
-    """The 0.5B's sensitivity pass measured 11.2 GB (docs/benchmarks.md); a 1.5B grew past 17.4 GB before it
-    had to be stopped on this 24 GB machine: the estimates must say so."""
+    """The 0.5B's layer-by-layer sensitivity pass measured 3,634 MiB (scripts/bench_sensitivity.py; the
+    whole-model pass took 11.2 GB): the estimate is above it and within 1.5x; larger shapes cost more and
+    the 7B fits the issue's 16 GB."""
     from qwen_edge import footprint as FP
     from qwen_edge.sources import open_source
     s05 = type("S", (), dict(hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14, num_kv_heads=2,
                              head_dim=64, vocab_size=151936, tie_word_embeddings=True))
-    assert 10.0 * GIB < FP.sensitivity(s05, 512).total < 12.5 * GIB
-    est = {k: FP.sensitivity(open_source(str(v)).spec, 512).total for k, v in shaped.items()}
-    assert 17.4e9 < est["1.5b"] < est["3b"] < est["7b"]
+    measured = 3634 * 2**20
+    assert measured < FP.sensitivity(s05, 512, 16).total < 1.5 * measured
+    est = {k: FP.sensitivity(open_source(str(v)).spec, 512, 16).total for k, v in shaped.items()}
+    assert FP.sensitivity(s05, 512, 16).total < est["1.5b"] < est["3b"] < est["7b"] < 16e9
 
 
 def test_export_run_bench_and_eval_refuse_on_a_machine_too_small(tiny, tmp_path):

@@ -253,3 +253,31 @@ def test_impossible_budgets_are_clear_errors(twice, tmp_path, goal, msg):
     with pytest.raises(InputError, match=msg):
         quantize(str(twice), tmp_path / "x", method="rtn", **goal, **KW)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_layer_by_layer_sensitivity_equals_the_whole_model_pass(tmp_path, tied):
+    """Issue 19: the bounded-memory pass (one layer at a time) predicts the same KL per tensor and format as
+    the whole-model pass, for a tied table and for two tables, with two label samples per window."""
+    from qwen_edge.quantize.plan import LINEAR_CHOICES, TABLE_CHOICES
+    from qwen_edge.quantize.recipe import Format, linear_shapes
+    from qwen_edge.quantize.sensitivity import fisher, predict, predicted_kl_by_layer
+    from qwen_edge.sources import open_source
+    _, folder = make_tiny(tmp_path / "hf", hidden_size=128, intermediate_size=256, vocab_size=320,
+                          num_hidden_layers=3, tie_word_embeddings=tied, seed=5)
+    src = open_source(str(folder))
+    spec, weights = src.spec, src.weights
+    windows = np.random.default_rng(1).integers(3, 320, (6, 40))
+    tables = ["table"] if tied else ["embedding", "lm_head"]
+    cand = {k: [Format.parse(f) for f in LINEAR_CHOICES] for k in linear_shapes(spec)}
+    cand.update({t: [Format.parse(f) for f in TABLE_CHOICES] for t in tables})
+    fish, count = fisher(spec, weights, windows, progress=False, samples_per_window=2, seed=7)
+    whole = predict(fish, count, windows.shape[1], weights, spec, cand)
+    streamed = predicted_kl_by_layer(spec, weights, windows, cand, samples_per_window=2, seed=7, progress=False,
+                                     workdir=str(tmp_path))
+    assert list(streamed) == list(whole)
+    for k in whole:
+        assert list(streamed[k]) == list(whole[k]), k
+        for f, v in whole[k].items():
+            assert streamed[k][f] == pytest.approx(v, rel=1e-4, abs=1e-12), (k, f)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("qwen-edge-sensitivity-")]  # cleaned up

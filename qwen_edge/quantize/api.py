@@ -118,7 +118,7 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
             tie_embeddings = "on"  # the recipe was made with one table
     # before tie(), which reads both token tables: the estimate needs only the header
     _check_memory(src.spec, method=method, goal=budget, bits=bits, samples=samples, seq_len=seq_len,
-                  max_length=max_length, recipe=recipe is not None)
+                  max_length=max_length, recipe=recipe is not None, windows=sensitivity_samples)
     src, tie_info = tie(src, tie_embeddings)
     spec = src.spec
     if recipe is not None:
@@ -148,7 +148,8 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     return manifest
 
 
-def _check_memory(spec, *, method: str, goal, bits: int, samples: int, seq_len: int, max_length, recipe: bool) -> None:
+def _check_memory(spec, *, method: str, goal, bits: int, samples: int, seq_len: int, max_length, recipe: bool,
+                  windows: int = 16) -> None:
     """Refuse before the slow part a job whose peak memory would exceed the machine's (footprint.py)."""
     from .. import footprint as FP
     if goal and goal[0] == "size":
@@ -157,7 +158,7 @@ def _check_memory(spec, *, method: str, goal, bits: int, samples: int, seq_len: 
         out = FP.packed_bytes(spec, goal[1] if goal and goal[0] == "bpw" else 8.6 if bits == 8 or goal else 4.8)
     stages = [FP.writing(spec, out)]
     if goal:
-        stages.append(FP.sensitivity(spec, seq_len))
+        stages.append(FP.sensitivity(spec, seq_len, windows))
     if method != "rtn":
         stages.append(FP.calibration(spec, samples, seq_len, method, out))
     worst = max(stages, key=lambda e: e.total)

@@ -103,7 +103,7 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
     from .calibration import calibration_tokens, sample_windows
     from .format_costs import costs_for, kind_of, kinds_of
     from .recipe import linear_shapes, table_bytes
-    from .sensitivity import fisher, predict
+    from .sensitivity import predicted_kl_by_layer
     spec = src.spec
     tables = ["table"] if spec.tie_word_embeddings else ["embedding", "lm_head"]
     shapes = linear_shapes(spec)
@@ -164,9 +164,7 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
     t0 = time.perf_counter()
     ids = calibration_tokens(calibration, src.write_tokenizer)
     windows = sample_windows(ids, n_windows, seq_len, seed + 1)  # not the GPTQ windows (seed)
-    fish, count = fisher(spec, src.weights, windows, seed=seed, progress=progress)
-    pred = predict(fish, count, seq_len, src.weights, spec, cand)
-    del fish
+    pred = predicted_kl_by_layer(spec, src.weights, windows, cand, seed=seed, progress=progress, threads=threads)
     options = options_from(pred)
     if costs is None:
         chosen = A.for_kl(options, value) if kind == "kl" else A.for_budget(options, weights_budget)
