@@ -281,3 +281,50 @@ def test_layer_by_layer_sensitivity_equals_the_whole_model_pass(tmp_path, tied):
         for f, v in whole[k].items():
             assert streamed[k][f] == pytest.approx(v, rel=1e-4, abs=1e-12), (k, f)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("qwen-edge-sensitivity-")]  # cleaned up
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_a_stopped_calibration_resumes_where_it_stopped_and_gives_the_same_file(tmp_path, monkeypatch, method):
+    """Issue 19: GPTQ / AWQ keep finished layers in .NAME.calibration/; the same command run again carries
+    on from the first unfinished layer (only those are calibrated) and writes the same bytes."""
+    import os
+
+    import qwen_edge.quantize.calibrate as C
+    from qwen_edge.quantize.api import quantize
+    _, src = make_tiny(tmp_path / "hf", hidden_size=128, intermediate_size=256, num_hidden_layers=4, seed=2)
+    kw = dict(method=method, bits=4, group_size=32, samples=4, seq_len=64, progress=False)
+    whole = tmp_path / "whole"
+    quantize(str(src), whole, **kw)
+    assert not (tmp_path / ".whole.calibration").exists()  # removed once the artifact is written
+
+    calls = []
+    real = C.DecoderLayer
+
+    class Stopping(real):
+        def __init__(self, spec, weights, i):
+            calls.append(i)
+            if i == 2 and not os.environ.get("RESUMED"):
+                raise KeyboardInterrupt  # as a user's Ctrl-C during layer 2
+            super().__init__(spec, weights, i)
+    monkeypatch.setattr(C, "DecoderLayer", Stopping)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        quantize(str(src), out, **kw)
+    saved = tmp_path / ".out.calibration"
+    assert json.loads((saved / "state.json").read_text())["done"] == 2 and not out.exists()
+    calls.clear()
+    monkeypatch.setenv("RESUMED", "1")
+    quantize(str(src), out, **kw)
+    assert calls == [2, 3], calls  # layers 0 and 1 were read back, not calibrated again
+    assert not saved.exists()
+    assert _tree_hash(out) == _tree_hash(whole)
+
+    # progress from another job (other options) is not mixed in: it is replaced
+    monkeypatch.delenv("RESUMED")
+    with pytest.raises(KeyboardInterrupt):
+        quantize(str(src), tmp_path / "other", **{**kw, "seed": 1})
+    calls.clear()
+    monkeypatch.setenv("RESUMED", "1")
+    (tmp_path / ".other.calibration" / "state.json").write_text(json.dumps({"key": "someone else's", "done": 3}))
+    quantize(str(src), tmp_path / "other", **{**kw, "seed": 1})
+    assert calls[:2] == [0, 1], calls

@@ -10,6 +10,7 @@ The plan (a format per tensor, recipe.py) comes from one of:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,10 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
             embed_dq = rtn(weights.get("model.embed_tokens.weight"), f.bits, f.group_size).dequantize()
         opts = Options(method=method, formats=dict(plan.linears), sym=sym, act_order=act_order, damp=damp,
                        refit=refit, asymmetric=float_target)
-        result = calibrate(spec, weights, windows, opts, embed_dequant=embed_dq, progress=progress)
+        checkpoint = _calibration_checkpoint(out, src, plan, info, windows, method=method, sym=sym,
+                                             act_order=act_order, damp=damp, refit=refit, float_target=float_target)
+        result = calibrate(spec, weights, windows, opts, embed_dequant=embed_dq, progress=progress,
+                           checkpoint=checkpoint)
         del embed_dq
         weights = _Overlay(weights, result.overrides)
         linears = result.linears
@@ -243,6 +247,8 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
     manifest = write_artifact(src, out, max_length=max_length, force=force,
                               linear=nbits_linear(lookup, accuracy_level), tokens=tokens, quantization=info,
                               progress=progress, extra_files=extra, ort_format=ort_format)
+    if result is not None:
+        checkpoint.remove()  # the artifact is whole: the saved layers are no longer needed
     manifest["tied_embedding_shared"] = tokens.shared
     if result is not None:
         manifest["per_layer_error"] = result.per_layer_error
@@ -253,6 +259,16 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
         save_gptq_checkpoint(src, linears, Path(save_checkpoint), {**info, "bits": plan.linears[next(iter(
             plan.linears))].bits, "group_size": _one_group(plan)}, force=force, sources=src.paths)
     return manifest
+
+
+def _calibration_checkpoint(out: Path, src, plan: Plan, info: dict, windows: np.ndarray, **options):
+    """Where finished layers are kept (resume.py), keyed by everything that decides their values."""
+    from .. import __version__
+    from . import resume
+    job = {"version": __version__, "sources": resume.source_identity(src.paths), **options,
+           "linears": {k: str(f) for k, f in plan.linears.items()}, "embedding": str(plan.embedding),
+           "tie": info.get("tie_embeddings"), "windows": hashlib.sha256(np.ascontiguousarray(windows).tobytes()).hexdigest()}
+    return resume.Checkpoint(resume.folder_for(Path(out)), resume.fingerprint(job))
 
 
 def _one_group(plan: Plan) -> int:

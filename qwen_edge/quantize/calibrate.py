@@ -68,10 +68,11 @@ def _progress(total: int, desc: str, enabled: bool):
 
 @torch.no_grad()
 def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
-              embed_dequant: np.ndarray | None = None, progress: bool = True) -> Result:
+              embed_dequant: np.ndarray | None = None, progress: bool = True, checkpoint=None) -> Result:
     """Quantize every decoder linear with GPTQ or AWQ, layer by layer.
 
     `embed_dequant`: the embedding as the exported graph will see it (dequantized int8, say); None = float.
+    `checkpoint`: a resume.Checkpoint; finished layers are read from it and each new one saved to it.
     """
     torch.set_num_threads(max(1, opts.threads))
     torch.set_flush_denormal(True)  # subnormal intermediates make the CPU kernels many times slower
@@ -86,9 +87,24 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
         g = torch.Generator().manual_seed(1234)
         rows = torch.sort(torch.randperm(n * L, generator=g)[: opts.awq_tokens]).values
     result = Result(linears={}, overrides={})
+    start = checkpoint.done if checkpoint is not None else 0
+    if start:
+        for i in range(start):
+            lin, ov = checkpoint.load_layer(i)
+            result.linears.update(lin)
+            result.overrides.update(ov)
+        result.per_layer_error = list(checkpoint.figures.get("per_layer_error", []))
+        result.refit_gain = list(checkpoint.figures.get("refit_gain", []))
+        h = torch.from_numpy(checkpoint.hidden())
+        if progress:
+            print(f"{opts.method}: resuming after layer {start} of {spec.num_layers} ({checkpoint.folder})",
+                  file=sys.stderr, flush=True)
     bar = _progress(spec.num_layers, f"{opts.method}", progress)
+    if bar is not None and start:
+        bar.update(start)
     try:
-        for i in range(spec.num_layers):
+        for i in range(start, spec.num_layers):
+            overridden = set(result.overrides)
             layer = DecoderLayer(spec, weights, i)
             ref = layer.forward(h[: opts.batch], cos, sin)  # float output of one batch: the layer's error
             if opts.method == "gptq" and opts.true_sequential:
@@ -108,6 +124,11 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
             result.per_layer_error.append(token_error(out[: opts.batch], ref) ** 0.5)
             del ref, layer
             h = out
+            if checkpoint is not None:
+                checkpoint.save_layer(i, {k: v for k, v in result.linears.items() if k.startswith(f"model.layers.{i}.")},
+                                      {k: v for k, v in result.overrides.items() if k not in overridden},
+                                      h.numpy(), {"per_layer_error": result.per_layer_error,
+                                                  "refit_gain": result.refit_gain})
             if bar is not None:
                 bar.update(1)
     finally:
