@@ -77,5 +77,5 @@ def test_js_real_model_in_node_and_chromium(fixtures, real_int4, real_golden, tm
            "QWEN_EDGE_REAL_GOLDEN": str(real_golden), "QWEN_EDGE_REQUIRE_REAL": "1",
            "QWEN_EDGE_REQUIRE_BROWSER": "1", "QWEN_EDGE_SCREENSHOTS": str(tmp_path)}
     out = _node_test(["test/runtime.test.js", "test/browser.test.js"], env)
-    assert "# skipped 0" in out and "# pass 25" in out, out[-3000:]
+    assert "# skipped 0" in out and "# pass 26" in out, out[-3000:]
     assert (tmp_path / "web-real-int4.png").stat().st_size > 10_000
