@@ -81,12 +81,11 @@ def calibration(spec: Any, samples: int, seq_len: int, method: str, out_bytes: i
     widest = max(h, i, spec.num_heads * spec.head_dim)
     parts = {
         "one layer in fp32 (and its float copy)": 2 * 4 * lin // L,
-        "calibration activations (inputs, float targets)": 3 * 4 * tokens * h,
+        # a layer's inputs and outputs, the float targets, and the outputs as saved for a resume
+        "calibration activations (inputs, outputs, float targets)": 4 * 4 * tokens * h,
         "the MLP's inner activations for a batch": 4 * 4 * min(tokens, 8 * seq_len) * i,
-        "the embedding, dequantized": 4 * table,
-        # measured on the real 0.5B (3.39 GB against 2.5 estimated without these): the packed layers are kept
-        # until the artifact is written, next to the source's table read in fp32
-        "the packed linears until written": out_bytes,
+        # the source's table read in fp32 for the rows the windows use (the finished layers wait on disk,
+        # quantize/resume.py, and are read back one at a time while the artifact is written)
         "the source's token table in fp32": 4 * table,
     }
     if method == "gptq":
@@ -96,11 +95,16 @@ def calibration(spec: Any, samples: int, seq_len: int, method: str, out_bytes: i
     return Estimate(f"{method.upper()} calibration", parts)
 
 
-def writing(spec: Any, out_bytes: int) -> Estimate:
-    _, table = _params(spec)
+def writing(spec: Any, out_bytes: int, keep_packed: bool = False) -> Estimate:
+    """Weights stream into the data file as they are packed; `keep_packed` (a GPTQ-format copy to write
+    afterwards, --save-checkpoint) holds every packed linear until the end."""
+    lin, table = _params(spec)
     tables = 1 if spec.tie_word_embeddings else 2
-    return Estimate("writing the artifact", {"the packed weights until written": out_bytes,
-                                              "a token table in fp32 while it is packed": 4 * table * min(tables, 2)})
+    parts = {"a token table in fp32 while it is packed": 4 * table * min(tables, 2),
+             "one layer's weights in fp32 while packed": 4 * lin // spec.num_layers}
+    if keep_packed:
+        parts["the packed weights until written"] = out_bytes
+    return Estimate("writing the artifact", parts)
 
 
 def packed_bytes(spec: Any, bits_per_weight: float) -> int:

@@ -119,7 +119,8 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
             tie_embeddings = "on"  # the recipe was made with one table
     # before tie(), which reads both token tables: the estimate needs only the header
     _check_memory(src.spec, method=method, goal=budget, bits=bits, samples=samples, seq_len=seq_len,
-                  max_length=max_length, recipe=recipe is not None, windows=sensitivity_samples)
+                  max_length=max_length, recipe=recipe is not None, windows=sensitivity_samples,
+                  keep_packed=save_checkpoint is not None)
     src, tie_info = tie(src, tie_embeddings)
     spec = src.spec
     if recipe is not None:
@@ -150,14 +151,14 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
 
 
 def _check_memory(spec, *, method: str, goal, bits: int, samples: int, seq_len: int, max_length, recipe: bool,
-                  windows: int = 16) -> None:
+                  windows: int = 16, keep_packed: bool = False) -> None:
     """Refuse before the slow part a job whose peak memory would exceed the machine's (footprint.py)."""
     from .. import footprint as FP
     if goal and goal[0] == "size":
         out = int(goal[1])
     else:
         out = FP.packed_bytes(spec, goal[1] if goal and goal[0] == "bpw" else 8.6 if bits == 8 or goal else 4.8)
-    stages = [FP.writing(spec, out)]
+    stages = [FP.writing(spec, out, keep_packed)]
     if goal:
         stages.append(FP.sensitivity(spec, seq_len, windows))
     if method != "rtn":
@@ -170,7 +171,7 @@ def _check_memory(spec, *, method: str, goal, bits: int, samples: int, seq_len: 
         cheaper.append(f"a plan without the sensitivity pass fits in about "
                        f"{max(e.total for e in plain) / FP.GIB:.1f} GiB: --recipe FILE or a uniform --bits 4")
     if method != "rtn" and worst.what.endswith("calibration"):
-        cheaper.append(f"--method rtn needs about {FP.writing(spec, out).total / FP.GIB:.1f} GiB")
+        cheaper.append(f"--method rtn needs about {FP.writing(spec, out, keep_packed).total / FP.GIB:.1f} GiB")
     FP.check(stages, "; ".join(cheaper) or "use a machine with more memory", command="quantize")
 
 
@@ -209,7 +210,9 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
         rtn_lookup = rtn_linears(lambda name: plan.linears[name], sym)
 
         def lookup(name: str, w: np.ndarray):
-            linears[name] = p = rtn_lookup(name, w)
+            p = rtn_lookup(name, w)
+            if save_checkpoint is not None:  # kept only for the GPTQ-format copy, written after the artifact
+                linears[name] = p
             return p
     else:
         ids = calibration_tokens(calibration, src.write_tokenizer)
@@ -219,15 +222,19 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
                   f"down_proj's {spec.intermediate_size} inputs: its Hessian is rank-deficient and damping "
                   "decides; use --samples / --seq-len for at least that many", file=sys.stderr)
         windows = sample_windows(ids, samples, seq_len, seed)
-        embed_dq = None
-        if plan.embedding is not None:
+        embed_dq, calib_ids = None, windows
+        if plan.embedding is not None:  # the rows the windows use, as the graph will see them (quantized)
             f = plan.embedding
-            embed_dq = rtn(weights.get("model.embed_tokens.weight"), f.bits, f.group_size).dequantize()
+            rows, inv = np.unique(windows, return_inverse=True)
+            table = weights.get("model.embed_tokens.weight")
+            embed_dq = rtn(np.asarray(table[rows], dtype=np.float32), f.bits, f.group_size).dequantize()
+            del table
+            calib_ids = inv.reshape(windows.shape)  # indexes into those rows (blocks run along a row)
         opts = Options(method=method, formats=dict(plan.linears), sym=sym, act_order=act_order, damp=damp,
                        refit=refit, asymmetric=float_target)
         checkpoint = _calibration_checkpoint(out, src, plan, info, windows, method=method, sym=sym,
                                              act_order=act_order, damp=damp, refit=refit, float_target=float_target)
-        result = calibrate(spec, weights, windows, opts, embed_dequant=embed_dq, progress=progress,
+        result = calibrate(spec, weights, calib_ids, opts, embed_dequant=embed_dq, progress=progress,
                            checkpoint=checkpoint)
         del embed_dq
         weights = _Overlay(weights, result.overrides)
@@ -247,8 +254,6 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
     manifest = write_artifact(src, out, max_length=max_length, force=force,
                               linear=nbits_linear(lookup, accuracy_level), tokens=tokens, quantization=info,
                               progress=progress, extra_files=extra, ort_format=ort_format)
-    if result is not None:
-        checkpoint.remove()  # the artifact is whole: the saved layers are no longer needed
     manifest["tied_embedding_shared"] = tokens.shared
     if result is not None:
         manifest["per_layer_error"] = result.per_layer_error
@@ -258,6 +263,8 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
         from .checkpoint import save_gptq_checkpoint
         save_gptq_checkpoint(src, linears, Path(save_checkpoint), {**info, "bits": plan.linears[next(iter(
             plan.linears))].bits, "group_size": _one_group(plan)}, force=force, sources=src.paths)
+    if result is not None:
+        checkpoint.remove()  # everything is written: the saved layers are no longer needed
     return manifest
 
 

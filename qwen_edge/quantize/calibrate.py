@@ -71,7 +71,8 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
               embed_dequant: np.ndarray | None = None, progress: bool = True, checkpoint=None) -> Result:
     """Quantize every decoder linear with GPTQ or AWQ, layer by layer.
 
-    `embed_dequant`: the embedding as the exported graph will see it (dequantized int8, say); None = float.
+    `embed_dequant`: the embedding as the exported graph will see it (dequantized int8, say), or only the
+    rows the windows use with `windows` indexing into them; None = the float table.
     `checkpoint`: a resume.Checkpoint; finished layers are read from it and each new one saved to it.
     """
     torch.set_num_threads(max(1, opts.threads))
@@ -89,10 +90,8 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
     result = Result(linears={}, overrides={})
     start = checkpoint.done if checkpoint is not None else 0
     if start:
-        for i in range(start):
-            lin, ov = checkpoint.load_layer(i)
-            result.linears.update(lin)
-            result.overrides.update(ov)
+        for i in range(start):  # the finished layers' packed linears stay on disk (SavedLinears, below)
+            result.overrides.update(checkpoint.load_layer(i)[1])
         result.per_layer_error = list(checkpoint.figures.get("per_layer_error", []))
         result.refit_gain = list(checkpoint.figures.get("refit_gain", []))
         h = torch.from_numpy(checkpoint.hidden())
@@ -125,15 +124,18 @@ def calibrate(spec: ModelSpec, weights, windows: np.ndarray, opts: Options,
             del ref, layer
             h = out
             if checkpoint is not None:
-                checkpoint.save_layer(i, {k: v for k, v in result.linears.items() if k.startswith(f"model.layers.{i}.")},
-                                      {k: v for k, v in result.overrides.items() if k not in overridden},
+                mine = {k: result.linears.pop(k) for k in list(result.linears) if k.startswith(f"model.layers.{i}.")}
+                checkpoint.save_layer(i, mine, {k: v for k, v in result.overrides.items() if k not in overridden},
                                       h.numpy(), {"per_layer_error": result.per_layer_error,
                                                   "refit_gain": result.refit_gain})
+                del mine
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    if checkpoint is not None:
+        result.linears = checkpoint.saved_linears(spec.num_layers, LINEARS)
     result.seconds = time.perf_counter() - t0
     return result
 

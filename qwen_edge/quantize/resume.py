@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -111,5 +112,35 @@ class Checkpoint:
         (self.folder / f"hidden{i}.npy").unlink(missing_ok=True)  # only now: the state no longer points at it
         self.done, self.figures = i + 1, figures
 
+    def saved_linears(self, layers: int, names: tuple[str, ...]) -> "SavedLinears":
+        return SavedLinears(self, layers, names)
+
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class SavedLinears(Mapping):
+    """Every layer's packed linears, read from the checkpoint one layer at a time as the writer asks for them:
+    at 7B the packed layers are ~4.4 GB that no longer sit in memory until the artifact is written."""
+
+    def __init__(self, checkpoint: Checkpoint, layers: int, names: tuple[str, ...]):
+        self.checkpoint, self.layers, self.names = checkpoint, layers, names
+        self._layer, self._cached = -1, {}
+
+    def __getitem__(self, key: str) -> NBits:
+        parts = key.split(".")
+        if len(parts) < 4 or parts[0] != "model" or parts[1] != "layers" or not parts[2].isdigit():
+            raise KeyError(key)
+        i = int(parts[2])
+        if not 0 <= i < self.layers:
+            raise KeyError(key)
+        if i != self._layer:
+            self._cached, _ = self.checkpoint.load_layer(i)
+            self._layer = i
+        return self._cached[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"model.layers.{i}.{n}" for i in range(self.layers) for n in self.names)
+
+    def __len__(self) -> int:
+        return self.layers * len(self.names)
