@@ -62,7 +62,8 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, block_size: int, 
         scale_all = torch.zeros(n, nb)
         zero_all = torch.zeros(n, nb)
         perm = torch.arange(k)
-    w, H = w[:, perm], H[perm][:, perm]
+    if static:  # (without act_order the order is the identity: no copies of a Hessian that is 1.4 GB at 7B)
+        w, H = w[:, perm], H[perm][:, perm]
     group_of = perm // block_size  # original group of each processed column
 
     hdiag = torch.diag(H).clone()
@@ -96,8 +97,9 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, block_size: int, 
             E1[:, i] = err
         w[:, i2:].addmm_(E1, Hinv[i1:i2, i2:], alpha=-1)
 
-    inv = torch.argsort(perm)
-    return to_qweight(codes[:, inv], scale_all, zero_all, bits, block_size, sym)
+    if static:
+        codes = codes[:, torch.argsort(perm)]
+    return to_qweight(codes, scale_all, zero_all, bits, block_size, sym)
 
 
 @torch.no_grad()
