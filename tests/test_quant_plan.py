@@ -328,3 +328,32 @@ def test_a_stopped_calibration_resumes_where_it_stopped_and_gives_the_same_file(
     (tmp_path / ".other.calibration" / "state.json").write_text(json.dumps({"key": "someone else's", "done": 3}))
     quantize(str(src), tmp_path / "other", **{**kw, "seed": 1})
     assert calls[:2] == [0, 1], calls
+
+
+def test_a_damaged_saved_calibration_is_one_clear_error(tmp_path, monkeypatch):
+    """A layer file of .OUT.calibration/ cut short: one error naming the folder to delete, exit 2."""
+    import subprocess
+    import sys
+
+    import qwen_edge.quantize.calibrate as C
+    from qwen_edge.quantize.api import quantize
+    _, src = make_tiny(tmp_path / "hf", hidden_size=128, intermediate_size=256, num_hidden_layers=3, seed=4)
+    args = dict(method="gptq", bits=4, group_size=32, samples=2, seq_len=32, progress=False)
+    real = C.DecoderLayer
+
+    class Stopping(real):
+        def __init__(self, spec, weights, i):
+            if i == 2:
+                raise KeyboardInterrupt
+            super().__init__(spec, weights, i)
+    monkeypatch.setattr(C, "DecoderLayer", Stopping)
+    with pytest.raises(KeyboardInterrupt):
+        quantize(str(src), tmp_path / "out", **args)
+    layer = tmp_path / ".out.calibration" / "layer0.npz"
+    layer.write_bytes(layer.read_bytes()[:100])
+    r = subprocess.run([sys.executable, "-m", "qwen_edge.cli", "quantize", str(src), "-o", str(tmp_path / "out"),
+                        "--method", "gptq", "--bits", "4", "--group-size", "32", "--samples", "2", "--seq-len", "32",
+                        "--no-progress"], capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines[-1].startswith("error: the saved calibration in") and "delete" in lines[-1], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()

@@ -16,12 +16,14 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from ..errors import QwenEdgeError
 from ..pack import NBits
 
 STATE = "state.json"
@@ -73,6 +75,16 @@ class Checkpoint:
         self.figures: dict[str, Any] = {}
 
     def load_layer(self, i: int) -> tuple[dict[str, NBits], dict[str, np.ndarray]]:
+        try:
+            return self._load_layer(i)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a truncated or edited file
+            raise self._damaged(e) from None
+
+    def _damaged(self, e: Exception) -> QwenEdgeError:
+        return QwenEdgeError(f"the saved calibration in {self.folder} is damaged ({type(e).__name__}): delete that "
+                             "folder to start the calibration over")
+
+    def _load_layer(self, i: int) -> tuple[dict[str, NBits], dict[str, np.ndarray]]:
         with np.load(self.folder / f"layer{i}.npz") as z:
             names = json.loads(str(z["names"]))
             linears = {n: NBits(z[f"{n}.B"], z[f"{n}.scales"], z[f"{n}.zp"] if f"{n}.zp" in z else None,
@@ -83,7 +95,10 @@ class Checkpoint:
 
     def hidden(self) -> np.ndarray:
         """The input of the first unfinished layer."""
-        return np.load(self.folder / f"hidden{self.done}.npy")
+        try:
+            return np.load(self.folder / f"hidden{self.done}.npy")
+        except (OSError, ValueError) as e:
+            raise self._damaged(e) from None
 
     def save_layer(self, i: int, linears: dict[str, NBits], overrides: dict[str, np.ndarray], hidden: np.ndarray,
                    figures: dict[str, Any]) -> None:
