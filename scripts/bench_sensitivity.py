@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--save", help="write the predicted KL table here (JSON)")
     a = ap.parse_args()
     from qwen_edge.assets import example_gguf
-    from qwen_edge.quantize.calibration import calibration_tokens, sample_windows
+    from qwen_edge.quantize.calibration_text import calibration_tokens, sample_windows
     from qwen_edge.quantize.plan import LINEAR_CHOICES, TABLE_CHOICES
     from qwen_edge.quantize.recipe import Format, linear_shapes
     from qwen_edge.quantize.sensitivity import predicted_kl_by_layer

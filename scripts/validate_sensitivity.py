@@ -30,7 +30,7 @@ def main() -> None:
     from qwen_edge.assets import example_gguf
     from qwen_edge.data.enwiki import enwiki_text
     from qwen_edge.pack import rtn
-    from qwen_edge.quantize.calibration import calibration_tokens, sample_windows
+    from qwen_edge.quantize.calibration_text import calibration_tokens, sample_windows
     from qwen_edge.quantize.layer import DecoderLayer, rms_norm, rope_tables
     from qwen_edge.quantize.recipe import Format
     from qwen_edge.quantize.sensitivity import fisher, predict

@@ -115,8 +115,8 @@ def test_calibration_layer_matches_transformers(kind, tmp_path):
 def test_calibration_is_deterministic_for_a_seed(tmp_path):
     from tiny_models import make_tiny
 
-    from qwen_edge.quantize.calibrate import Options, calibrate
-    from qwen_edge.quantize.calibration import sample_windows
+    from qwen_edge.quantize.layer_by_layer import Options, calibrate
+    from qwen_edge.quantize.calibration_text import sample_windows
     from qwen_edge.sources import open_source
     _, folder = make_tiny(tmp_path / "hf")
     src = open_source(str(folder))

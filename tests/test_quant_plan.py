@@ -95,7 +95,7 @@ def _synthetic_layer(seed: int = 0):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_true_sequential_lowers_the_layer_output_error(seed):
     from qwen_edge.quantize.awq import token_error
-    from qwen_edge.quantize.calibrate import Options, Result, _gptq_layer, _gptq_layer_one_pass
+    from qwen_edge.quantize.layer_by_layer import Options, Result, _gptq_layer, _gptq_layer_one_pass
     from qwen_edge.quantize.layer import DecoderLayer
     spec, weights, h, (cos, sin) = _synthetic_layer(seed)
     ref = DecoderLayer(spec, weights, 0).forward(h, cos, sin)
@@ -289,7 +289,7 @@ def test_a_stopped_calibration_resumes_where_it_stopped_and_gives_the_same_file(
     on from the first unfinished layer (only those are calibrated) and writes the same bytes."""
     import os
 
-    import qwen_edge.quantize.calibrate as C
+    import qwen_edge.quantize.layer_by_layer as C
     from qwen_edge.quantize.api import quantize
     _, src = make_tiny(tmp_path / "hf", hidden_size=128, intermediate_size=256, num_hidden_layers=4, seed=2)
     kw = dict(method=method, bits=4, group_size=32, samples=4, seq_len=64, progress=False)
@@ -335,7 +335,7 @@ def test_a_damaged_saved_calibration_is_one_clear_error(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    import qwen_edge.quantize.calibrate as C
+    import qwen_edge.quantize.layer_by_layer as C
     from qwen_edge.quantize.api import quantize
     _, src = make_tiny(tmp_path / "hf", hidden_size=128, intermediate_size=256, num_hidden_layers=3, seed=4)
     args = dict(method="gptq", bits=4, group_size=32, samples=2, seq_len=32, progress=False)

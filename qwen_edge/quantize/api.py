@@ -200,8 +200,8 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
     from ..export.writer import write_artifact
     from ..pack import rtn
     from . import recipe as R
-    from .calibrate import Options, calibrate, rtn_linears
-    from .calibration import calibration_tokens, sample_windows
+    from .layer_by_layer import Options, calibrate, rtn_linears
+    from .calibration_text import calibration_tokens, sample_windows
     spec, weights = src.spec, src.weights
     tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), plan.embedding, plan.lm_head, accuracy_level)
     result = None

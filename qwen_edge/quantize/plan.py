@@ -100,7 +100,7 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
                    progress: bool, speed: tuple[str, float] | None = ("x", 1.0),
                    threads: int = 0) -> tuple[Plan, dict[str, Any]]:
     from . import allocate as A
-    from .calibration import calibration_tokens, sample_windows
+    from .calibration_text import calibration_tokens, sample_windows
     from .format_costs import costs_for, kind_of, kinds_of
     from .recipe import linear_shapes, table_bytes
     from .sensitivity import predicted_kl_by_layer

@@ -1,7 +1,7 @@
 """Calibration that survives being stopped: GPTQ / AWQ keep their finished layers on disk.
 
 A GPTQ run of a 7B takes hours on two cores; a killed run should not start from zero. After each decoder
-layer the driver (calibrate.py) saves that layer's packed linears, the hidden states the next layer reads
+layer the driver (layer_by_layer.py) saves that layer's packed linears, the hidden states the next layer reads
 and the running figures into a hidden folder beside the output, `.NAME.calibration/`. The same command run
 again finds it, checks that it belongs to the same job (source files, plan, options, calibration windows:
 one fingerprint) and carries on from the first unfinished layer; the result is bit for bit what an
