@@ -22,7 +22,7 @@ import torch
 from ..pack import NBits, QWeight, to_matmulnbits
 from ..spec import ModelSpec
 from .awq import awq_quantize, search_scale, token_error
-from .gptq import Hessian, gptq_quantize, refit_scales
+from .gptq import Hessian, damped, gptq_quantize, inverse_factor, refit_scales
 from .layer import LINEARS, DecoderLayer, rms_norm, rope_tables
 from .recipe import Format
 
@@ -164,7 +164,7 @@ class _Stats:
             c.n += m
             c.H.addmm_(b.T, a, alpha=2.0 / c.n)
 
-    def target(self, w: torch.Tensor, damp: float) -> torch.Tensor:
+    def target(self, w: torch.Tensor, hinv: torch.Tensor) -> torch.Tensor:
         """The weight whose GPTQ fit reproduces the float stream's outputs: W C H^-1 (W itself if symmetric).
 
         Written as the correction W + W (C - H) H^-1 with only the correction damped: damping W C H^-1 as a
@@ -172,9 +172,8 @@ class _Stats:
         streams agree exactly (measured: KL 0.30 against 0.03)."""
         if self.c is None:
             return w
-        H = self.h.H.clone()
-        H.diagonal().add_(damp * H.diagonal().mean())
-        return w + torch.linalg.solve(H, (w @ (self.c.H - self.h.H)).T).T  # H symmetric
+        # hinv = U with U^T U = damped H^-1 (GPTQ's own factor): B H^-1 = (B U^T) U, no second factorization
+        return w + ((w @ (self.c.H - self.h.H)) @ hinv.T) @ hinv
 
 
 def _gptq_layer(layer: DecoderLayer, h: torch.Tensor, cos, sin, opts: Options, result: Result,
@@ -194,8 +193,14 @@ def _gptq_layer(layer: DecoderLayer, h: torch.Tensor, cos, sin, opts: Options, r
 
     def quantize(name: str, st: _Stats) -> None:
         f = opts.fmt(i, name)
-        w = st.target(wf[name], opts.damp)
-        qw = gptq_quantize(w, st.h.H, f.bits, f.group_size, opts.sym, opts.damp, opts.act_order)
+        # one factorization of the damped Hessian serves the asymmetric target and GPTQ
+        # (act_order permutes the Hessian: GPTQ factors its own)
+        needed = st.c is not None or not opts.act_order
+        hinv = inverse_factor(damped(st.h.H, opts.damp)) if needed else None
+        w = st.target(wf[name], hinv)
+        qw = gptq_quantize(w, st.h.H, f.bits, f.group_size, opts.sym, opts.damp, opts.act_order,
+                           hinv=None if opts.act_order else hinv)
+        del hinv
         if opts.refit:
             qw, before, after = refit_scales(w, qw, st.h.H)
             result.refit_gain.append(after / before if before > 0 else 1.0)
