@@ -105,3 +105,31 @@ def test_chat_ends_on_the_end_token(qm):
                     max_new_tokens=32)
     assert r.finish_reason == "eos" and r.tokens[-1] == qm.tokenizer.token_to_id("<|im_end|>")
     assert "<|im_end|>" not in r.text and r.text.strip().lower().startswith("yes")
+
+
+CODE_EDIT = [{"role": "user", "content": "Add type hints to this function. Reply with the function only.\n\n```python\n"
+              "def total(prices, tax):\n    s = 0\n    for p in prices:\n        s += p * (1 + tax)\n"
+              "    return round(s, 2)\n```"}]
+
+
+def test_speculative_greedy_equals_plain(qm, real_fp32, real_int4):
+    """int4 drafting fp32, and prompt lookup: token for token fp32's own greedy output (issue 20), with
+    proposals made and most of the draft's accepted; a chat with a draft keeps the draft's cache."""
+    for prompt in (CODE_EDIT, PROMPT):
+        want = qm.complete(prompt, temperature=0.0, max_new_tokens=48)
+        for kw in (dict(draft=real_int4), dict(lookup=8)):
+            m = Model.load(real_fp32, threads=2, max_length=2048, **kw)
+            m.speculation_adaptive = False  # every step proposes: the verify path is what is tested
+            got = m.complete(prompt, temperature=0.0, max_new_tokens=48)
+            assert got.tokens == want.tokens, kw
+            sp = got.timings.speculative
+            if "draft" in kw:
+                assert sp["acceptance_rate"] > 0.5 and sp["tokens_per_pass"] > 1.5, sp
+            m.close()
+    m = Model.load(real_fp32, threads=2, max_length=2048, draft=real_int4)
+    chats = [m.chat(temperature=0.0, max_new_tokens=16), qm.chat(temperature=0.0, max_new_tokens=16)]
+    for turn in ("What is Rust? One sentence.", "And Go?"):
+        assert chats[0].say(turn) == chats[1].say(turn)
+        assert chats[0].last.tokens == chats[1].last.tokens
+    assert chats[0].last.timings.cached_tokens > 0 and chats[0].last.timings.speculative["passes"] > 0
+    m.close()

@@ -89,7 +89,8 @@ class Chat:
 
         return TextStream(self.runner, Sampler(params), self.model.tokenizer, max_new_tokens=max_new,
                           stop_ids=self.model.stop_token_ids, stops=opts.get("stop"),
-                          ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done)
+                          ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done,
+                          proposer=self.model._proposer(self.runner.history.tolist(), max_new))
 
     # ------------------------------------------------------------------ internals
     def _new_ids(self, text: str) -> tuple[int, list[int]]:

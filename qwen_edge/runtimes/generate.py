@@ -32,6 +32,7 @@ class Timings:
     sample_s: float = 0.0
     detok_s: float = 0.0  # streaming detokenizer and stop strings
     cancelled: bool = False  # stopped by the caller's cancel()
+    speculative: dict[str, Any] | None = None  # with a draft or lookup: SpecStats.to_dict()
 
     @property
     def prefill_tps(self) -> float:
@@ -59,14 +60,24 @@ class Result:
 
 def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_ids: frozenset[int],
                ignore_eos: bool = False, timings: Timings, t0: float,
-               cancel: Callable[[], bool] | None = None) -> Iterator[int]:
+               cancel: Callable[[], bool] | None = None, proposer: Any = None) -> Iterator[int]:
     """Run the runner's pending ids, then sample up to max_new_tokens ids, each fed back in place.
 
     Stops after an end token (unless ignore_eos), max_new_tokens ids, a full context or when `cancel()`
     turns true (checked before every forward pass: a server stops within one token of a disconnect).
     The last sampled id stays pending (not fed): a chat's next turn feeds it with its own tokens.
-    Fills `timings`.
+    Fills `timings`. With a `proposer` (speculative.py: a draft model or prompt lookup) the same contract
+    and the same output distribution, several tokens per forward pass.
     """
+    if proposer is not None:
+        from .speculative import SpecStats, speculative_loop
+        stats = SpecStats()
+        try:
+            yield from speculative_loop(runner, sampler, proposer, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                                        ignore_eos=ignore_eos, timings=timings, t0=t0, cancel=cancel, stats=stats)
+        finally:
+            timings.speculative = stats.to_dict()
+        return
     penalty = sampler.needs_history
     argmax = sampler.params.greedy and not penalty  # the sampler's greedy path, minus its overhead
     timings.cached_tokens = runner.length
@@ -110,7 +121,7 @@ class TextStream:
     def __init__(self, runner: Runner, sampler: Sampler, tokenizer: Any, *, max_new_tokens: int,
                  stop_ids: frozenset[int], stops: Sequence[str] | None = None, ignore_eos: bool = False,
                  t0: float | None = None, on_done: Callable[[TextStream], None] | None = None,
-                 cancel: Callable[[], bool] | None = None):
+                 cancel: Callable[[], bool] | None = None, proposer: Any = None):
         self.result = Result()
         self._t0 = time.perf_counter() if t0 is None else t0
         if ignore_eos:
@@ -121,7 +132,8 @@ class TextStream:
         self._on_done = on_done
         self.runner = runner
         self._tokens = token_loop(runner, sampler, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                                  ignore_eos=ignore_eos, timings=self.result.timings, t0=self._t0, cancel=cancel)
+                                  ignore_eos=ignore_eos, timings=self.result.timings, t0=self._t0, cancel=cancel,
+                                  proposer=proposer)
         self._pieces = self._run()
         self.done = False
 

@@ -82,6 +82,8 @@ class Runner:
         b.bind_ortvalue_input("logits_to_keep", self._keep)
         self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
         b.bind_ortvalue_output("logits", self._logits_value)
+        self._keep_many = ort.OrtValue.ortvalue_from_numpy(np.array(1, np.int64))
+        self._many: np.ndarray | None = None  # forward_last's logits, allocated on first use
         self.binding = b
         self._bind_input = _raw_bind_input(b)
 
@@ -130,6 +132,36 @@ class Runner:
             self._run(self.length, s)
             self.length += s
         return self._logits[0, 0]
+
+    def forward_last(self, keep: int) -> np.ndarray:
+        """Run the pending ids and return the logits of their last `keep` positions [keep, vocab].
+
+        Speculative decoding's verify pass: the proposed tokens and the one before them in one run, each
+        position's logits. Pending ids beyond a prefill chunk run first in chunks, as in `forward`. The result
+        is a view of a buffer the next forward_last overwrites."""
+        keep = int(keep)
+        if not 1 <= keep <= self.n - self.length:
+            raise QwenEdgeError(f"keep must be 1..{self.n - self.length} (the pending ids), got {keep}")
+        if keep == 1:
+            return self.forward()[None]
+        while self.n - self.length > max(keep, self.prefill_chunk):  # (a long pending run: chunks first)
+            s = min(self.n - self.length - keep, self.prefill_chunk)
+            self._run(self.length, s)
+            self.length += s
+        if self._many is None or self._many.shape[1] < keep:
+            self._many = np.empty((1, max(keep, 16), self.vocab_size), np.float32)
+        b = self.binding
+        b.bind_output("logits", "cpu", 0, np.float32, [1, keep, self.vocab_size], self._many.ctypes.data)
+        self._keep_many.update_inplace(np.array(keep, np.int64))
+        b.bind_ortvalue_input("logits_to_keep", self._keep_many)
+        try:
+            s = self.n - self.length
+            self._run(self.length, s)
+            self.length += s
+        finally:  # back to the decode step's bindings
+            b.bind_ortvalue_input("logits_to_keep", self._keep)
+            b.bind_ortvalue_output("logits", self._logits_value)
+        return self._many[0, :keep]
 
     def _run(self, start: int, s: int) -> None:
         # Both inputs are views of preallocated memory, bound by pointer: no per-step allocation.

@@ -36,7 +36,8 @@ DEFAULT_MAX_NEW_TOKENS = 512
 class Model:
     def __init__(self, folder: str | Path, *, threads: int = 0, provider: str = "cpu", max_length: int | None = None,
                  arena: bool = True, spin: bool = True, prefill_chunk: int = 256, use_jinja: bool | None = None,
-                 verify: bool = True):
+                 verify: bool = True, draft: str | Path | Model | None = None, draft_tokens: int = 8,
+                 lookup: int | None = None):
         self.folder = Path(folder)
         self.manifest = A.read_manifest(self.folder)
         # Damaged or swapped files fail here, naming the file, not later as garbage text (artifact.py).
@@ -54,7 +55,10 @@ class Model:
         from ..footprint import check_artifact
         check_artifact(self.folder, self.manifest, command="loading the model", max_length=max_length)
         self.prefill_chunk = prefill_chunk
-        self.session_config = SessionConfig(threads=threads, provider=provider, arena=arena, spin=spin)
+        # With a draft two sessions take turns on the same cores: a session's threads spinning after its run
+        # would take the CPU from the other (measured: 35 against 40 tok/s, fp32 drafted by int4)
+        self.session_config = SessionConfig(threads=threads, provider=provider, arena=arena,
+                                            spin=spin and draft is None)
         self.tokenizer = _tokenizer(self.folder)
         self.generation_config = _json(self.folder / A.GENERATION)
         self.template = ChatTemplate(load_template(self.folder), use_jinja=use_jinja)
@@ -62,13 +66,63 @@ class Model:
         self.session = open_session(self.folder, self.session_config)
         self._pool: list[Runner] = []
         self._lock = threading.Lock()
+        self.draft: Model | None = None
+        self.lookup: int | None = None
+        self.draft_tokens = 0
+        self.speculation_adaptive = True  # False: always propose the most tokens (tests)
+        if draft is not None or lookup is not None:
+            self._speculation(draft, draft_tokens, lookup, threads, provider, arena, spin, verify)
+
+    def _speculation(self, draft: Any, draft_tokens: Any, lookup: Any, *load: Any) -> None:
+        from .speculative import check_draft
+        if draft is not None and lookup is not None:
+            raise QwenEdgeError("choose one way to propose tokens: a draft model or prompt lookup, not both")
+        if lookup is not None:
+            if isinstance(lookup, bool) or not isinstance(lookup, int) or not 1 <= lookup <= 64:
+                raise QwenEdgeError(f"lookup (tokens proposed from the prompt) must be an integer in 1..64, got {lookup!r}")
+            self.lookup = lookup
+            return
+        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or not 1 <= draft_tokens <= 64:
+            raise QwenEdgeError(f"draft_tokens must be an integer in 1..64, got {draft_tokens!r}")
+        if isinstance(draft, Model):
+            d = draft
+        else:
+            if not isinstance(draft, (str, Path)):
+                raise QwenEdgeError(f"draft is an artifact folder or a Model, got {type(draft).__name__}")
+            threads, provider, arena, spin, verify = load
+            dm = A.read_manifest(Path(draft))
+            d = Model(draft, threads=threads, provider=provider, arena=arena, spin=False, verify=verify,
+                      max_length=min(int(dm["max_length"]), self.max_length), prefill_chunk=self.prefill_chunk)
+        check_draft(self, d)
+        self.draft, self.draft_tokens = d, draft_tokens
+        self._own_draft = not isinstance(draft, Model)
+
+    def _proposer(self, ids: list[int], max_new_tokens: int) -> Any:
+        """A fresh proposer for one generation (None without speculation)."""
+        from .speculative import DraftModel, PromptLookup
+        if self.lookup is not None:
+            p: Any = PromptLookup(self.lookup)
+            p.adaptive = self.speculation_adaptive
+            return p
+        if self.draft is None:
+            return None
+        need = min(len(ids) + max_new_tokens, self.max_length)
+        if need > self.draft.max_length:
+            raise QwenEdgeError(f"the request needs {need} positions but the draft {self.draft.folder} holds "
+                                f"{self.draft.max_length}: lower max_new_tokens or use a draft with a longer context")
+        p = DraftModel(self.draft, self.draft_tokens)
+        p.adaptive = self.speculation_adaptive
+        return p
 
     @classmethod
     def load(cls, folder: str | Path, **kwargs: Any) -> Model:
         """Load an artifact folder. Options: threads (0 = all cores), provider ("cpu", "cuda", ... or
         an onnxruntime provider name), max_length (a shorter context: a smaller KV cache), arena,
         spin, prefill_chunk, use_jinja (None: the template's Jinja when jinja2 is importable),
-        verify (True: check every file's sha256 against the manifest first; sizes are always checked)."""
+        verify (True: check every file's sha256 against the manifest first; sizes are always checked).
+        Speculative decoding (the same output, several tokens per forward pass): draft (an artifact folder
+        or a loaded Model with the same tokenizer) proposing up to draft_tokens tokens a step, or lookup=N
+        (up to N tokens copied from where the sequence's last few tokens occurred before)."""
         return cls(folder, **kwargs)
 
     # ------------------------------------------------------------------ text
@@ -127,12 +181,13 @@ class Model:
                                repetition_penalty=repetition_penalty, seed=seed,
                                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
         ids = self.fit(self.prompt_ids(prompt), max_new_tokens, truncate)
+        proposer = self._proposer(ids, max_new_tokens)
         runner = self._acquire()
         try:
             runner.append(ids)
             return TextStream(runner, Sampler(params), self.tokenizer, max_new_tokens=max_new_tokens,
                               stop_ids=self.stop_token_ids, stops=stop, ignore_eos=ignore_eos, t0=t0,
-                              on_done=lambda s: self._release(s.runner))
+                              on_done=lambda s: self._release(s.runner), proposer=proposer)
         except BaseException:
             self._release(runner)
             raise
@@ -187,6 +242,8 @@ class Model:
         with self._lock:
             self._pool.clear()
         self.session = None
+        if self.draft is not None and getattr(self, "_own_draft", False):
+            self.draft.close()
 
     def __enter__(self) -> Model:
         return self
