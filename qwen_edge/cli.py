@@ -133,6 +133,11 @@ def run_(
     max_length: Optional[int] = typer.Option(None, help="context length to allocate (default: the export's)"),
     truncate: bool = typer.Option(False, "--truncate", help="drop the oldest tokens of a prompt that is too long"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="a smaller model with the same tokenizer proposes tokens "
+                                         "that the model checks in one pass: the model's own output, faster"),
+    draft_tokens: int = typer.Option(8, help="most tokens the draft proposes a step (fewer when they are rejected)"),
+    lookup: Optional[int] = typer.Option(None, "--lookup", help="propose up to N tokens copied from where the last "
+                                         "few tokens occurred earlier (edits of the input): the same output, faster"),
     stats: bool = typer.Option(False, "--stats", help="print timings to stderr"),
     as_json: bool = typer.Option(False, "--json", help="print {text, tokens, finish_reason, timings} as JSON"),
 ) -> None:
@@ -150,7 +155,8 @@ def run_(
     stops = [check_text(_unescape(s), "--stop") for s in stop] or None
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    repetition_penalty=repetition_penalty, seed=seed, stop=stops, truncate=truncate)
-    load = dict(threads=threads, provider=provider, max_length=max_length, verify=verify)
+    load = dict(threads=threads, provider=provider, max_length=max_length, verify=verify, draft=draft,
+                draft_tokens=draft_tokens, lookup=lookup)
     if chat:
         if run_chat(model, load, options, system=system, first=prompt, as_json=as_json, stats=stats):
             raise typer.Exit(2)  # some lines were refused (each said so on its own error: line)
@@ -169,12 +175,18 @@ def bench_(
     provider: str = typer.Option("cpu", help="execution provider"),
     prefill_chunk: int = typer.Option(256, help="prompt tokens per forward pass"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="a smaller model with the same tokenizer proposes tokens "
+                                         "that the model checks in one pass: the model's own output, faster"),
+    draft_tokens: int = typer.Option(8, help="most tokens the draft proposes a step (fewer when they are rejected)"),
+    lookup: Optional[int] = typer.Option(None, "--lookup", help="propose up to N tokens copied from where the last "
+                                         "few tokens occurred earlier (edits of the input): the same output, faster"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """Time to first token, prefill and decode tokens/s, peak RSS and size on disk."""
     from .runtimes.bench import bench, summary_lines
     r = bench(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup,
               threads=threads, provider=provider, prefill_chunk=prefill_chunk, verify=verify,
+              draft=draft, draft_tokens=draft_tokens, lookup=lookup,
               progress=lambda i, n: print(f"\rrun {i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True))
     _emit(r, as_json, summary_lines(r))
 
@@ -259,6 +271,11 @@ def serve_(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
     shutdown_timeout: float = typer.Option(5.0, help="on SIGTERM/SIGINT/SIGHUP: seconds running requests get to finish "
                                                       "before they are cut (a second signal cuts at once)"),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="a smaller model with the same tokenizer proposes tokens "
+                                         "that the model checks in one pass (every slot): the same output, faster"),
+    draft_tokens: int = typer.Option(8, help="most tokens the draft proposes a step"),
+    lookup: Optional[int] = typer.Option(None, "--lookup", help="propose up to N tokens copied from earlier in the "
+                                         "conversation: the same output, faster on edits of the input"),
     as_json: bool = typer.Option(False, "--json", help="print {url, model} as one JSON line on stdout when listening"),
 ) -> None:
     """Serve the model over the OpenAI HTTP API (chat, completions, streaming) until stopped."""
@@ -271,7 +288,8 @@ def serve_(
     try:
         serve(str(model), host=host, port=port, api_key=api_key, parallel=parallel, queue=queue, cache=cache,
               threads=threads, ctx=ctx, max_tokens=max_tokens, max_body=max_body, model_id=model_name,
-              verify=verify, shutdown_timeout=shutdown_timeout, ready=ready)
+              verify=verify, shutdown_timeout=shutdown_timeout, ready=ready, draft=draft,
+              draft_tokens=draft_tokens, lookup=lookup)
         try:
             print("qwen-edge serve: stopped", file=sys.stderr, flush=True)  # every thread joined: exit 0
         except OSError:  # stderr is gone (the parent died): nothing to tell

@@ -81,6 +81,19 @@ def ensure() -> dict[str, str]:
     return info
 
 
+def ensure_examples(targets: tuple[str, ...] = ("llama-lookup", "llama-speculative")) -> dict[str, str]:
+    """Also build llama.cpp's example programs (the speculative decoding peers), in the same build folder."""
+    info = ensure()
+    if all(Path(info["bin"], t).is_file() for t in targets):
+        return info
+    base = root()
+    log = base / "build.log"
+    build = base / "build"
+    _run(["cmake", "-S", base / "src" / "vendor" / "llama.cpp", "-B", build, "-DLLAMA_BUILD_EXAMPLES=ON"], log)
+    _run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", *targets], log)
+    return info
+
+
 def env_for(info: dict[str, str]) -> dict[str, str]:
     """Environment for running the venv's python or the tools: the built library on the path."""
     return {**os.environ, "LLAMA_CPP_LIB_PATH": info["lib"],
@@ -88,4 +101,4 @@ def env_for(info: dict[str, str]) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(ensure(), indent=2))
+    print(json.dumps(ensure_examples() if "--examples" in sys.argv else ensure(), indent=2))

@@ -88,7 +88,8 @@ def _int(name: str, v: Any, lo: int) -> int:
 
 def bench(folder: str | Path, *, prompt_tokens: int = 512, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
           threads: int = 0, provider: str = "cpu", arena: bool = True, spin: bool = True,
-          prefill_chunk: int = 256, progress: Any = None, verify: bool = True) -> dict[str, Any]:
+          prefill_chunk: int = 256, progress: Any = None, verify: bool = True, draft: Any = None,
+          draft_tokens: int = 8, lookup: int | None = None) -> dict[str, Any]:
     from .model import Model
     _int("prompt_tokens", prompt_tokens, 1)
     _int("new_tokens", new_tokens, 2)
@@ -96,7 +97,7 @@ def bench(folder: str | Path, *, prompt_tokens: int = 512, new_tokens: int = 128
     _int("warmup", warmup, 0)
     t = time.perf_counter()
     model = Model.load(folder, threads=threads, provider=provider, arena=arena, spin=spin, verify=verify,
-                       prefill_chunk=prefill_chunk)
+                       prefill_chunk=prefill_chunk, draft=draft, draft_tokens=draft_tokens, lookup=lookup)
     load_s = time.perf_counter() - t
     if prompt_tokens + new_tokens > model.max_length:
         raise QwenEdgeError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
@@ -139,6 +140,10 @@ def bench(folder: str | Path, *, prompt_tokens: int = 512, new_tokens: int = 128
                            "detokenize": detok * 1e3,
                            "other": max(0.0, per_token - decode_run - sample - detok) * 1e3},
         "peak_rss_bytes": peak,
+        "speculative": None if rows[0].speculative is None else {
+            "draft": str(draft) if draft is not None else None, "lookup": lookup,
+            "acceptance_rate": med(lambda r: r.speculative["acceptance_rate"]),
+            "tokens_per_pass": med(lambda r: r.speculative["tokens_per_pass"])},
         "size_bytes": model.size_bytes,
         "kv_cache_bytes": model.kv_cache_bytes,
         "machine": {"cpu": _cpu_name(), "cores": _cores(), "python": platform.python_version(),
@@ -160,6 +165,10 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"{r['bytes_per_token']['weights'] / 2**20:.1f} + KV cache {r['bytes_per_token']['kv_cache'] / 2**20:.1f})",
         f"  bandwidth ceiling    {r['bandwidth_limit_tps']:8.1f} tokens/s at {r['memory_bandwidth_bytes_s'] / 1e9:.1f} GB/s "
         f"(copy, measured): decode reaches {r['bandwidth_share'] * 100:.0f} % of it",
+        *([f"  speculative          {r['speculative']['tokens_per_pass']:8.2f} tokens a forward pass, "
+           f"{r['speculative']['acceptance_rate'] * 100:.0f} % of proposals accepted "
+           f"({'draft ' + r['speculative']['draft'] if r['speculative']['draft'] else 'lookup'})"]
+          if r.get("speculative") else []),
         f"  peak RSS             {r['peak_rss_bytes'] / 2**20:8.0f} MiB",
         f"  size on disk         {r['size_bytes'] / 2**20:8.0f} MiB",
         f"  load                 {r['load_s']:8.2f} s",

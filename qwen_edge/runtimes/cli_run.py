@@ -83,4 +83,8 @@ def _show(stream: TextStream, as_json: bool, stats: bool) -> Result:
         print(f"[{t.prompt_tokens} prompt tokens in {t.prefill_s:.2f} s ({t.prefill_tps:.1f}/s), {t.new_tokens} new "
               f"at {t.decode_tps:.1f}/s, first token after {t.ttft_s * 1e3:.0f} ms, "
               f"{stream.result.finish_reason}]", file=sys.stderr)
+        if t.speculative:
+            sp = t.speculative
+            print(f"[speculative: {sp['tokens_per_pass']:.2f} tokens a forward pass, {sp['accepted']} of "
+                  f"{sp['proposed']} proposals accepted]", file=sys.stderr)
     return stream.result

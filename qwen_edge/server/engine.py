@@ -129,9 +129,11 @@ class Engine:
         t0 = time.perf_counter()
         runner, _ = self._runner_for(ids)
         try:
+            # a draft's runner is attached to this runner: it keeps the same conversation's prefix cached
             return TextStream(runner, Sampler(params), self.model.tokenizer, max_new_tokens=max_new_tokens,
                               stop_ids=self.model.stop_token_ids, stops=stop, t0=t0,
-                              on_done=lambda s: self._give_back(s.runner), cancel=cancel)
+                              on_done=lambda s: self._give_back(s.runner), cancel=cancel,
+                              proposer=self.model._proposer(list(ids), max_new_tokens))
         except BaseException:
             self._give_back(runner)
             raise

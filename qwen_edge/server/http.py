@@ -250,7 +250,11 @@ class Handler(BaseHTTPRequestHandler):
         t = r.timings
         prompt = t.prompt_tokens + t.cached_tokens
         self._tokens = f" prompt={prompt} cached={t.cached_tokens} completion={len(r.tokens)}"
-        return P.usage(prompt, len(r.tokens), t.cached_tokens)
+        sp = t.speculative
+        if sp is not None:
+            self._tokens += (f" accepted={sp['accepted']}/{sp['proposed']} "
+                             f"tokens_per_pass={sp['tokens_per_pass']:.2f}")
+        return P.usage(prompt, len(r.tokens), t.cached_tokens, sp)
 
     # --- I/O -----------------------------------------------------------------------------------------
     def _body(self) -> Any:
@@ -370,7 +374,8 @@ def json_depth(raw: bytes) -> int:
 def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           parallel: int = 1, queue: int = 16, cache: int = 4, threads: int = 0, ctx: int | None = None,
           max_tokens: int = 2048, max_body: int = 1 << 20, model_id: str | None = None, verify: bool = True,
-          shutdown_timeout: float = 5.0, ready: Any = None, stop: StopSignals | None = None) -> dict[str, Any]:
+          shutdown_timeout: float = 5.0, ready: Any = None, stop: StopSignals | None = None, draft: Any = None,
+          draft_tokens: int = 8, lookup: int | None = None) -> dict[str, Any]:
     """Load the model and serve until SIGTERM, SIGHUP or SIGINT (or `stop.first` is set), then stop
     gracefully (lifecycle.py): running generations get `shutdown_timeout` seconds to finish, then end
     with finish_reason "length"; a second signal cuts them at once. Returns what the drain did.
@@ -392,7 +397,8 @@ def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: st
         manifest = A.read_manifest(folder)
         A.check_model(folder, manifest)  # max_length is trusted only once it matches the graph
         ctx = min(manifest["max_length"], 8192)
-    model = Model.load(folder, threads=threads, max_length=ctx, verify=verify)
+    model = Model.load(folder, threads=threads, max_length=ctx, verify=verify, draft=draft,
+                       draft_tokens=draft_tokens, lookup=lookup)
     mid = model_id or Path(folder).resolve().name
     try:
         server = Server((host, port), Engine(model, parallel, queue, cache), model_id=mid, api_key=api_key,

@@ -191,9 +191,16 @@ def new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}}
+def usage(prompt_tokens: int, completion_tokens: int, cached: int,
+          speculative: dict[str, Any] | None = None) -> dict[str, Any]:
+    u: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "total_tokens": prompt_tokens + completion_tokens,
+                         "prompt_tokens_details": {"cached_tokens": cached}}
+    if speculative is not None:  # OpenAI's names for proposed tokens kept / discarded (Predicted Outputs)
+        u["completion_tokens_details"] = {
+            "accepted_prediction_tokens": speculative["accepted"],
+            "rejected_prediction_tokens": speculative["proposed"] - speculative["accepted"]}
+    return u
 
 
 def response(kind: str, rid: str, model: str, text: str, finish: str, use: dict) -> dict[str, Any]:
