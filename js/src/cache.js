@@ -56,12 +56,20 @@ class Cache {
     this.rewind(0);
   }
 
-  /** Run the pending ids (in chunks); the last position's logits [vocab]. */
-  async forward() {
-    if (this.length >= this.ids.length) throw new QwenEdgeError("nothing to run: no pending tokens");
+  /**
+   * Run the pending ids (in chunks); the logits of the last `keep` positions, [keep * vocab] (keep 1: the
+   * last position's). keep > 1 is a lookup verify pass: the proposals' positions go in the last run.
+   */
+  async forward(keep = 1) {
+    const pending = this.ids.length - this.length;
+    if (pending <= 0) throw new QwenEdgeError("nothing to run: no pending tokens");
+    if (!(keep >= 1 && keep <= pending)) throw new QwenEdgeError(`keep must be 1..${pending}, got ${keep}`);
     let logits = null;
     while (this.length < this.ids.length) {
-      const n = Math.min(this.ids.length - this.length, this.prefillChunk);
+      const left = this.ids.length - this.length;
+      // the last run holds every kept position (a long pending run stops its chunks short of them)
+      const n = left <= Math.max(keep, this.prefillChunk) ? left : Math.min(left - keep, this.prefillChunk);
+      const last = n === left;
       const ids = new BigInt64Array(n);
       for (let i = 0; i < n; i++) ids[i] = BigInt(this.ids[this.length + i]);
       const total = this.length + n;
@@ -69,10 +77,12 @@ class Cache {
         input_ids: new this.ort.Tensor("int64", ids, [1, n]),
         attention_mask: new this.ort.Tensor("int64", new BigInt64Array(total).fill(1n), [1, total]),
       };
+      if (this.keepInput) feeds.logits_to_keep = new this.ort.Tensor("int64", BigInt64Array.of(BigInt(last ? keep : 1)), []);
       const out = await this.run(feeds, n);
       const all = out.logits.data;
-      const rows = out.logits.dims[1]; // n, or 1 where the graph keeps only the last position's logits
-      logits = all.slice((rows - 1) * this.vocab, rows * this.vocab); // a copy: the output's memory is reused
+      const rows = out.logits.dims[1]; // n, or the kept positions where the graph takes logits_to_keep
+      const k = last ? keep : 1;
+      logits = all.slice((rows - k) * this.vocab, rows * this.vocab); // a copy: the output's memory is reused
       out.logits.dispose?.();
       this.length = total;
     }
@@ -148,6 +158,10 @@ export class InPlaceCache extends Cache {
 }
 
 export class OwnedCache extends InPlaceCache {
+  get keepInput() {
+    return true; // the rewritten graph's logits_to_keep is a plain input (small_outputs.js)
+  }
+
   async run(feeds, n) {
     const s = this.spec;
     const fetches = ["logits"];

@@ -5,6 +5,7 @@
 
 import { QwenEdgeError } from "./errors.js";
 import { argmax, Sampler, samplingParams } from "./sampling.js";
+import { Controller, lookupProposals } from "./speculative.js";
 import { StopMatcher, StreamDecoder } from "./text.js";
 
 const OPTIONS = new Set(["maxNewTokens", "temperature", "topK", "topP", "minP", "repetitionPenalty",
@@ -37,6 +38,10 @@ export class Model {
       throw new QwenEdgeError(`maxLength must be an integer in 2..${limit} (the exported context), got ${a.maxLength}`);
     }
     this.maxLength = n;
+    if (a.lookup !== undefined && a.lookup !== null && !(Number.isInteger(a.lookup) && a.lookup >= 1 && a.lookup <= 64)) {
+      throw new QwenEdgeError(`lookup (tokens proposed from the prompt) must be an integer in 1..64, got ${a.lookup}`);
+    }
+    this.lookup = a.lookup ?? null; // prompt-lookup speculative decoding (greedy generations): speculative.js
     this.templateText = templateSource(a.tokenizerConfig, a.templateText);
     this.template = this.templateText ? new a.Template(this.templateText) : null;
     this.stopTokenIds = stopIds(this.generationConfig, a.tokenizerConfig, this.tokenizer, this.templateText);
@@ -50,8 +55,8 @@ export class Model {
   }
 
   /** Run one forward pass, known to close() until it settles. */
-  _forward(cache) {
-    const p = cache.forward();
+  _forward(cache, keep = 1) {
+    const p = cache.forward(keep);
     this._inflight.add(p);
     const done = () => this._inflight.delete(p);
     p.then(done, done);
@@ -175,7 +180,19 @@ export class TextStream {
       let t = now();
       let logits = await this.model._forward(this.cache);
       tm.prefillS = now() - t;
-      for (let i = 0; i < this.maxNew; i++) {
+      if (this.model.lookup && this.sampler.greedy) {
+        tm.speculative = { proposed: 0, accepted: 0, passes: 0, tokens: 0 };
+        const spec = this._lookup(logits, start, tm, tokens, decoder, text);
+        let r;
+        while (!(r = await spec.next()).done) yield r.value;
+        reason = r.value.reason;
+        tFirst = r.value.tFirst;
+        tLast = r.value.tLast;
+        const sp = tm.speculative;
+        sp.acceptanceRate = sp.proposed ? sp.accepted / sp.proposed : 0;
+        sp.tokensPerPass = sp.passes ? sp.tokens / sp.passes : 0;
+        delete sp.tokens;
+      } else for (let i = 0; i < this.maxNew; i++) {
         const tok = this.sampler.greedy && !penalty ? argmax(logits)
           : this.sampler.sample(logits, penalty ? this.cache.ids : null, penalty ? this.cache.ids.slice(start) : null);
         this.cache.push(tok);
@@ -205,6 +222,70 @@ export class TextStream {
       this.result = { text: text.join(""), tokens, finishReason: reason, timings: tm };
       this.done = true;
       this.onDone?.(this);
+    }
+  }
+
+  /**
+   * Greedy decoding with prompt lookup: the same tokens as the plain loop (each kept proposal is the
+   * model's own choice), several a forward pass. Yields text pieces; returns {reason, tFirst, tLast}.
+   */
+  async *_lookup(logits, start, tm, tokens, decoder, text) {
+    const cache = this.cache;
+    const penalty = this.sampler.needsHistory;
+    const vocab = this.model.spec.vocab_size;
+    const ctl = new Controller(this.model.lookup);
+    const sp = tm.speculative;
+    const pick = (rows, i, upto) => {
+      const row = rows.subarray(i * vocab, (i + 1) * vocab);
+      return penalty ? this.sampler.sample(row, cache.ids.slice(0, upto), cache.ids.slice(start, upto)) : argmax(row);
+    };
+    let tFirst = 0;
+    let tLast = 0;
+    let out = [pick(logits, 0, cache.ids.length)]; // the first token, from the prefill
+    let base = cache.ids.length;
+    let accepted = 0;
+    for (;;) {
+      // the rollback: keep the pending token and the accepted proposals (their keys and values were computed
+      // from the same prefix); later positions are overwritten, nothing copied. The last token is pending.
+      cache.truncate(base + accepted);
+      cache.push(out[accepted]);
+      for (let j = 0; j < out.length; j++) {
+        const end = (reason) => {
+          if (j < out.length - 1) { cache.truncate(base + j); cache.push(out[j]); } // as the plain loop leaves it
+          return { reason, tFirst, tLast };
+        };
+        tokens.push(out[j]);
+        tm.newTokens = tokens.length;
+        tLast = now();
+        if (!tFirst) { tFirst = tLast; tm.ttftS = tLast - this.t0; }
+        if (this.stopIds.has(out[j])) return end("eos");
+        const [piece, stopped] = this.matcher.put(decoder.put(out[j]));
+        if (piece) { text.push(piece); yield piece; }
+        if (stopped) return end("stop");
+        if (this.signal?.aborted || this.model.closed) return end("cancelled");
+        if (tokens.length === this.maxNew || base + j + 1 === cache.maxLength) return end("length");
+      }
+      base = cache.ids.length;
+      const room = Math.min(this.maxNew - tokens.length, cache.free) - 1; // (a pass yields up to k + 1 tokens)
+      const props = lookupProposals(cache.ids, Math.min(ctl.choose(), room));
+      const k = props.length;
+      const tp = now();
+      if (k) cache.append(props);
+      const rows = await this.model._forward(cache, k + 1);
+      const passS = now() - tp;
+      sp.passes++;
+      out = [];
+      accepted = 0;
+      for (let i = 0; i <= k; i++) {
+        const tgt = pick(rows, i, base + i);
+        out.push(tgt);
+        if (i === k || props[i] !== tgt) break;
+        accepted++;
+      }
+      ctl.record(k, accepted, passS);
+      sp.proposed += k;
+      sp.accepted += accepted;
+      sp.tokens += out.length;
     }
   }
 

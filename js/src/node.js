@@ -84,10 +84,11 @@ function sha256(file) {
  * Load an artifact folder. Options: threads (0 = onnxruntime's default), maxLength (a shorter context:
  * smaller KV caches), verify (sha256 of every file; sizes are always checked), prefillChunk (tokens per
  * prefill pass: 256 as in Python, or 64 where the graph cannot be rewritten and every fed position's
- * logits are computed).
+ * logits are computed), lookup (N: greedy generations check up to N tokens copied from earlier in the
+ * sequence in one forward pass, the same tokens faster where the output repeats the input; speculative.js).
  * @returns {Promise<Model>}
  */
-export async function loadModel(folder, { threads = 0, maxLength, verify = true, prefillChunk } = {}) {
+export async function loadModel(folder, { threads = 0, maxLength, verify = true, prefillChunk, lookup } = {}) {
   const manifest = checkFolder(folder, { verify });
   if (prefillChunk !== undefined && (!Number.isInteger(prefillChunk) || prefillChunk < 1)) throw new QwenEdgeError(`prefillChunk must be an integer >= 1, got ${prefillChunk}`);
   if (!Number.isInteger(threads) || threads < 0) throw new QwenEdgeError(`threads must be an integer >= 0, got ${threads}`);
@@ -124,5 +125,6 @@ export async function loadModel(folder, { threads = 0, maxLength, verify = true,
     newCache: (n) => new Cache(session, ort, spec, n, prefillChunk, dtype),
     close: () => session.release(),
   };
-  return new Model({ manifest, tokenizer, tokenizerConfig, generationConfig, Template, templateText, backend, maxLength });
+  return new Model({ manifest, tokenizer, tokenizerConfig, generationConfig, Template, templateText, backend, maxLength,
+    lookup });
 }

@@ -12,9 +12,9 @@
 // copies those few rows in. GroupQueryAttention then runs unshared (it copies the filled positions of
 // the past into its own buffer, in C++), which costs ~1-2 ms a step but nothing in V8.
 //
-// The same rewrite fixes logits_to_keep at 1: onnxruntime-node cannot feed that overridable initializer,
-// and JavaScript samples only from the last position, so a prefill pass no longer computes [chunk, vocab]
-// logits and the prompt can go in large chunks.
+// The same rewrite turns logits_to_keep into a plain graph input (onnxruntime-node ignores a feed of the
+// overridable initializer, onnxruntime-web rejects it): a step feeds 1, so a prefill pass no longer computes
+// [chunk, vocab] logits and the prompt can go in large chunks; a lookup verify pass feeds k + 1.
 //
 // The rewrite edits model.onnx's protobuf (ModelProto.graph: drop the present outputs, append one Shape /
 // Sub / Slice chain); field numbers are onnx.proto's. The weights stay in model.onnx.data, untouched.
@@ -90,6 +90,9 @@ const node = (op, inputs, outputs, attrs = []) => field(1, concat([...inputs.map
   ...outputs.map((x) => str(2, x)), str(4, op), ...attrs.map((a) => field(5, a))]));
 // ValueInfoProto: name 1, type 2; TypeProto.tensor_type 1; Tensor.elem_type 1 (shape left open).
 const output = (name, elemType) => field(12, concat([str(1, name), field(2, field(1, int(1, elemType)))]));
+// A scalar int64 graph input (GraphProto.input 11; Tensor.shape 2: an empty TensorShapeProto = rank 0).
+const scalarInt64Input = (name) => field(11, concat([str(1, name),
+  field(2, field(1, concat([int(1, 7), field(2, new Uint8Array(0))])))]));
 
 function nameOf(message, num) {
   const f = rawFields(message).find(([n, w]) => n === num && w === 2);
@@ -99,7 +102,7 @@ function nameOf(message, num) {
 /**
  * model.onnx bytes -> the same model whose KV outputs are only the new positions (present_new.N.key /
  * .value) and whose logits are the last position's, or null when the graph does not have the expected
- * present.N.* outputs and logits_to_keep initializer.
+ * present.N.* outputs and logits_to_keep initializer. Its logits_to_keep is a scalar int64 input.
  */
 export function smallOutputGraph(bytes, dtype) {
   const b = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
@@ -123,7 +126,7 @@ export function smallOutputGraph(bytes, dtype) {
   if (!present.length || keep !== 2) return null;
   const elemType = dtype === "float16" ? 10 : 1;
   const added = [
-    node("Constant", [], ["logits_to_keep"], [intAttr("value_int", 1)]),
+    scalarInt64Input("logits_to_keep"),
     node("Constant", [], ["qe_small_axes"], [intsAttr("value_ints", [2])]),
     node("Shape", ["attention_mask"], ["qe_small_total"], [intAttr("start", 1), intAttr("end", 2)]),
     node("Shape", ["input_ids"], ["qe_small_new"], [intAttr("start", 1), intAttr("end", 2)]),

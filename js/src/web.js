@@ -49,7 +49,7 @@ async function checkBytes(name, bytes, manifest, verify) {
  * WebCrypto; sizes are always checked), prefillChunk, wasmPaths (where onnxruntime-web's .wasm files are),
  * fetch, onProgress(stage).
  */
-export async function loadModelFromUrl(baseUrl, deps, { threads = 1, maxLength, verify = true, prefillChunk,
+export async function loadModelFromUrl(baseUrl, deps, { threads = 1, maxLength, verify = true, prefillChunk, lookup,
   wasmPaths, fetch: fetchFn = globalThis.fetch.bind(globalThis), onProgress = () => {} } = {}) {
   const { ort, Tokenizer, Template } = deps || {};
   if (prefillChunk !== undefined && (!Number.isInteger(prefillChunk) || prefillChunk < 1)) {
@@ -95,5 +95,5 @@ export async function loadModelFromUrl(baseUrl, deps, { threads = 1, maxLength, 
   };
   onProgress("ready");
   return new Model({ manifest, tokenizer, tokenizerConfig: tokenizerConfig || {}, generationConfig: generationConfig || {},
-    Template, templateText, backend, maxLength });
+    Template, templateText, backend, maxLength, lookup });
 }

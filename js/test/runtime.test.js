@@ -93,6 +93,35 @@ test("the Node session runs the small-output graph: same tokens as the exported 
   }
 });
 
+test("lookup (prompt-lookup speculative decoding): the same greedy tokens as plain decoding, several a pass", async () => {
+  for (const name of Object.keys(golden)) {
+    const plain = await model(name);
+    const spec = await loadModel(path.join(FIX, name), { threads: 1, lookup: 6 });
+    for (const g of golden[name].generate) {
+      const r = await spec.complete(g.prompt, { maxNewTokens: g.max_new_tokens, temperature: 0 });
+      assert.deepEqual(r.tokens, g.tokens, `tokens of ${JSON.stringify(g.prompt)} (Python's)`);
+      assert.equal(r.text, g.text);
+      assert.equal(r.finishReason, g.finish_reason);
+    }
+    // a prompt that repeats: proposals are made and kept, and the tokens still equal plain decoding
+    const ids = [];
+    for (let r = 0; r < 4; r++) for (let t = 5; t < 40; t++) ids.push(t);
+    for (const n of [1, 2, 5, 90]) {
+      const want = await plain.complete(ids, { maxNewTokens: n, temperature: 0, ignoreEos: true });
+      const got = await spec.complete(ids, { maxNewTokens: n, temperature: 0, ignoreEos: true });
+      assert.deepEqual(got.tokens, want.tokens);
+      assert.equal(got.finishReason, want.finishReason);
+      if (n === 90) {
+        const sp = got.timings.speculative;
+        assert.ok(sp.proposed > 0 && sp.accepted > 0 && sp.tokensPerPass > 1, JSON.stringify(sp));
+      }
+    }
+    await spec.close();
+  }
+  await assert.rejects(loadModel(path.join(FIX, Object.keys(golden)[0]), { lookup: 0 }),
+    (e) => e instanceof QwenEdgeError && /lookup/.test(e.message));
+});
+
 test("sampling with a seed is reproducible (and seeds differ)", async () => {
   const m = await model("qwen2-fp32");
   const opts = { maxNewTokens: 20, temperature: 1.0, topK: 50, topP: 0.95, minP: 0.01, repetitionPenalty: 1.1,
@@ -215,4 +244,8 @@ test("the real int4 0.5B: 32 greedy tokens equal Python's", { skip: !process.env
   assert.deepEqual(r.tokens, g.tokens);
   assert.equal(r.text, g.text);
   await m.close();
+  const spec = await loadModel(process.env.QWEN_EDGE_REAL_INT4, { threads: 2, maxLength: 1024, lookup: 8 });
+  const s = await spec.complete(g.messages, { maxNewTokens: 32, temperature: 0, ignoreEos: true });
+  assert.deepEqual(s.tokens, g.tokens, "with lookup");
+  await spec.close();
 });

@@ -36,6 +36,8 @@ export interface Timings {
   totalS: number;
   prefillTps: number;
   decodeTps: number;
+  /** With `lookup` (greedy): proposals made and kept, forward passes after the first token. */
+  speculative?: { proposed: number; accepted: number; passes: number; acceptanceRate: number; tokensPerPass: number };
 }
 
 export interface Result {
@@ -84,6 +86,8 @@ export interface LoadOptions {
   maxLength?: number;      // a shorter context than the export's
   verify?: boolean;        // sha256 of every file against the manifest (default true; sizes always)
   prefillChunk?: number;   // prompt tokens per forward pass (default 256 in Node, 128 in the browser)
+  lookup?: number;         // 1..64: greedy generations check up to N tokens copied from earlier in the
+                           // sequence in one pass (prompt-lookup speculative decoding: the same tokens)
 }
 
 /** Node: an artifact folder on disk. Browser: the URL the folder is served at. */
