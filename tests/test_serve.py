@@ -290,3 +290,31 @@ def test_real_int4_over_http_matches_model_generate(real_int4):
         assert r.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens
     finally:
         s.stop()
+
+
+def test_speculative_server_same_text_usage_and_log(tiny, tmp_path, model):
+    """serve --draft (a different random model of the same tokenizer) and --lookup: the same greedy text as
+    the plain model, proposals counted in usage (OpenAI's accepted / rejected prediction tokens) and in the
+    log line; a second turn reuses the slot's prompt cache, the draft's with it."""
+    from qwen_edge.export.writer import export
+    _, hf = make_tiny(tmp_path / "hf-draft", seed=1, max_position_embeddings=4096)
+    export(str(hf), tmp_path / "draft", max_length=4096, progress=False)
+    for extra in (["--draft", str(tmp_path / "draft"), "--draft-tokens", "4"], ["--lookup", "6"]):
+        s = ServerProcess(tiny, "--ctx", "4096", *extra)
+        try:
+            c = s.client()
+            first = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. The quick brown fox"}]
+            r1 = c.chat.completions.create(model=s.model, messages=first, max_tokens=40, temperature=0)
+            assert r1.choices[0].message.content == model.generate(first, max_new_tokens=40, temperature=0.0)
+            d = r1.usage.completion_tokens_details
+            assert d is not None and d.accepted_prediction_tokens >= 0 and d.rejected_prediction_tokens >= 0
+            second = first + [{"role": "assistant", "content": r1.choices[0].message.content},
+                              {"role": "user", "content": "again"}]
+            r2 = c.chat.completions.create(model=s.model, messages=second, max_tokens=20, temperature=0)
+            assert r2.choices[0].message.content == model.generate(second, max_new_tokens=20, temperature=0.0)
+            assert r2.usage.prompt_tokens_details.cached_tokens > r1.usage.prompt_tokens // 2
+            t = c.completions.create(model=s.model, prompt="def main", max_tokens=12, temperature=0)
+            assert t.choices[0].text == model.generate("def main", max_new_tokens=12, temperature=0.0)
+        finally:
+            assert s.stop() == 0
+        assert any("accepted=" in line and "tokens_per_pass=" in line for line in s.log), s.log[-5:]
