@@ -94,8 +94,9 @@ def llama_lookup(gguf: Path, bin_dir: Path, runs: int, new_tokens: int, tokenize
         speeds = []
         for _ in range(runs):
             p = subprocess.run([str(exe), "-m", str(gguf), "-t", "2", "-n", str(new_tokens), "--temp", "0",
-                                "--draft-max", "8", "-p", text, "-c", "2048", "--no-warmup"],
-                               capture_output=True, text=True, timeout=600)
+                                "--spec-draft-n-max", "8", "-p", text, "-c", "2048"],
+                               capture_output=True, text=True, timeout=600,
+                               env={**__import__("os").environ, "LD_LIBRARY_PATH": str(bin_dir)})
             log = p.stdout + p.stderr
             # llama-lookup prints "decoded N tokens in S seconds, speed: X t/s" and "accept = P%"
             import re
@@ -149,7 +150,7 @@ def main() -> None:
         print(json.dumps(row), f"({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
     ll = llama_lookup(q / "llama" / "IQ4_NL-imatrix.gguf", a.llama, a.runs, a.new_tokens, int4)
     if ll:
-        results.append({"name": "llama.cpp IQ4_NL + imatrix, llama-lookup --draft-max 8", "prompts": "code",
+        results.append({"name": "llama.cpp IQ4_NL + imatrix, llama-lookup --spec-draft-n-max 8", "prompts": "code",
                         "tps": ll["tps"], "acceptance": statistics.median(p["accept"] for p in ll["prompts"]
                                                                           if p["accept"] is not None) if any(
                             p["accept"] is not None for p in ll["prompts"]) else None,

@@ -155,6 +155,26 @@ def test_chat_turns_with_lookup_equal_plain(tinies):
             plain.complete(REPEATING, max_new_tokens=30, temperature=0, ignore_eos=True).tokens
 
 
+def test_draft_with_a_smaller_padded_vocabulary(tinies, tmp_path):
+    """Qwen2.5-7B pads its vocabulary to 152,064 rows, the 0.5B to 151,936, with the same tokenizer: such a
+    draft is accepted; its proposals and q cover the first rows, the target's p all of them."""
+    import shutil
+    _, folder = make_tiny(tmp_path / "hf-big", seed=3, vocab_size=384, max_position_embeddings=MAX_LEN)
+    for f in ("tokenizer.json", "tokenizer_config.json"):  # the 320-token tokenizer, 384 rows of logits
+        shutil.copy(tinies["a"] / f, folder / f)
+    export(str(folder), tmp_path / "big", max_length=MAX_LEN, progress=False)
+    plain = load(tmp_path / "big")
+    spec = load(tmp_path / "big", False, draft=tinies["a"], draft_tokens=4)
+    ref = plain.complete(PLAIN, max_new_tokens=40, temperature=0, ignore_eos=True)
+    assert spec.complete(PLAIN, max_new_tokens=40, temperature=0, ignore_eos=True).tokens == ref.tokens
+    r = spec.complete(PLAIN, max_new_tokens=40, temperature=1.0, seed=1, ignore_eos=True)
+    assert len(r.tokens) == 40 and r.timings.speculative["proposed"] > 0
+    # (this random target does emit padding ids: the draft, which cannot read them, then proposes nothing)
+    assert any(t >= 320 for t in ref.tokens)
+    with pytest.raises(QwenEdgeError, match="larger than the target"):
+        Model.load(tinies["a"], draft=tmp_path / "big")
+
+
 def test_refusals(tinies):
     with pytest.raises(QwenEdgeError, match="different tokenizer"):
         Model.load(tinies["a"], draft=tinies["c"])

@@ -62,6 +62,7 @@ class PromptLookup:
 
     name = "lookup"
     adaptive = True  # False: always propose max_tokens (tests that must exercise every path)
+    size_ratio = 0.0  # a proposal's cost relative to a target step (lookup: free)
 
     def __init__(self, max_tokens: int, max_ngram: int = 4, min_ngram: int = 2):
         self.max_tokens = int(max_tokens)
@@ -91,12 +92,15 @@ class DraftModel:
 
     name = "draft"
     adaptive = True
+    size_ratio = 0.5  # the draft's size over the target's (Model sets it): its first cost estimate
 
     def __init__(self, model: Any, max_tokens: int):
         self.model = model
         self.max_tokens = int(max_tokens)
         self.runner: Runner | None = None
         self.cost_per_token = 0.0  # seconds per proposal, measured
+        self.catch_up = 0
+        self.vocab = int(model.spec["vocab_size"])
 
     def begin(self, target: Runner) -> None:
         """The draft's runner lives beside the target's (an attribute of it), so a conversation the target
@@ -110,20 +114,26 @@ class DraftModel:
     def end(self) -> None:
         self.runner = None
 
-    def sync(self, history: np.ndarray) -> None:
-        """Make the draft's sequence equal `history` (its cache keeps the common prefix)."""
+    def sync(self, history: np.ndarray) -> bool:
+        """Make the draft's sequence equal `history` (its cache keeps the common prefix); False when the
+        history holds an id past the draft's vocabulary (then nothing is proposed)."""
         r = self.runner
         m = min(r.n, history.size - 1)  # the last id is always fed: its logits give the first proposal
         diff = np.flatnonzero(r.ids[:m] != history[:m])
         common = int(diff[0]) if diff.size else m
+        new = history[common:]
+        if new.size and int(new.max()) >= self.vocab:  # a target's padding row the draft has no embedding for
+            return False
         r.truncate(common)
-        if history.size > common:
-            r.append(history[common:])
+        if new.size:
+            r.append(new)
+        return True
 
     def propose(self, history: np.ndarray, k: int, sampler: Sampler) -> tuple[list[int], list[np.ndarray] | None]:
         r = self.runner
-        self.sync(history)
-        catch_up = r.n - r.length  # ids the draft has not seen: 1-2 a step, the whole prompt at the start
+        if not self.sync(history):
+            return [], None
+        catch_up = self.catch_up = r.n - r.length  # ids the draft has not seen: 1-2 a step, the prompt at first
         t = time.perf_counter()
         out: list[int] = []
         qs: list[np.ndarray] | None = None if sampler.params.greedy else []
@@ -155,6 +165,9 @@ class Controller:
         self.plain = 0.0  # seconds of a plain (one-token) target step
         self.extra = 0.0  # extra seconds per verified token
         self.idle = 0  # plain steps in a row
+        self.spec_spt = 0.0  # measured seconds per token of whole speculating steps (draft, verify, choice)
+        self.steps = 0
+        self.probe_every = self.PROBE_EVERY
 
     @property
     def alpha(self) -> float:
@@ -165,18 +178,31 @@ class Controller:
             return 0  # the first step measures a plain step
         a = min(self.alpha, 0.99)
         best_k, best = 0, 1.0 / self.plain
+        if self.spec_spt and self.spec_spt > self.plain:
+            a = 0.0  # measured: speculating steps gave fewer tokens a second than plain ones (whatever the model says)
         for k in range(1, self.max_tokens + 1):
             rate = (1 - a ** (k + 1)) / (1 - a) / (self.plain + k * (self.extra + draft_cost))
             if rate > best:
                 best_k, best = k, rate
         if best_k == 0:
             self.idle += 1
-            if self.idle >= self.PROBE_EVERY:  # proposals may have become good again
+            if self.idle >= self.probe_every:  # proposals may have become good again
                 self.idle = 0
+                self.probe_every = min(2 * self.probe_every, 256)  # each failed probe waits twice as long
                 return 1
         else:
             self.idle = 0
+            self.probe_every = self.PROBE_EVERY
         return best_k
+
+    def record_step(self, proposed: int, tokens: int, seconds: float) -> None:
+        """A whole step (proposals, the pass, the choice): what speculation really yields per second."""
+        if proposed:
+            self.steps += 1
+            if self.steps == 1:
+                return  # the first also pays one-time costs (buffers, the draft's first pass)
+            spt = seconds / tokens
+            self.spec_spt = 0.5 * self.spec_spt + 0.5 * spt if self.spec_spt else spt
 
     def record(self, proposed: int, accepted: int, seconds: float) -> None:
         if proposed == 0:
@@ -247,9 +273,12 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
                 return
             base = runner.n  # ids through the pending token
             room = min(max_new_tokens - emitted, runner.free) - 1  # a pass yields up to k + 1 tokens
-            k = min(ctl.choose(proposer.cost_per_token) if proposer.adaptive else proposer.max_tokens, room)
+            # until the draft's cost is measured, guess it from the bytes each model reads (its file size)
+            cost = proposer.cost_per_token or proposer.size_ratio * ctl.plain
+            k = min(ctl.choose(cost) if proposer.adaptive else proposer.max_tokens, room)
             qs = None
             props: list[int] = []
+            t_step = time.perf_counter()
             if k > 0:
                 props, qs = proposer.propose(runner.history, k, sampler)
                 k = len(props)
@@ -295,6 +324,8 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
                 break
             sample_s += time.perf_counter() - ts
             ctl.record(k, accepted, pass_s)
+            if getattr(proposer, "catch_up", 0) <= 2:  # (a draft's prompt prefill is not a step's cost)
+                ctl.record_step(k, len(out), time.perf_counter() - t_step)
             stats.proposed += k
             stats.accepted += accepted
             # the rollback: back to the pending token, then the output ids (the accepted proposals' keys and
