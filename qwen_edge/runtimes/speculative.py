@@ -167,6 +167,7 @@ class Controller:
         self.idle = 0  # plain steps in a row
         self.spec_spt = 0.0  # measured seconds per token of whole speculating steps (draft, verify, choice)
         self.steps = 0
+        self.spec_s = self.spec_tokens = 0.0
         self.probe_every = self.PROBE_EVERY
 
     @property
@@ -178,7 +179,7 @@ class Controller:
             return 0  # the first step measures a plain step
         a = min(self.alpha, 0.99)
         best_k, best = 0, 1.0 / self.plain
-        if self.spec_spt and self.spec_spt > self.plain:
+        if self.spec_spt and self.spec_spt > 1.15 * self.plain:  # (a margin: this machine's speed swings)
             a = 0.0  # measured: speculating steps gave fewer tokens a second than plain ones (whatever the model says)
         for k in range(1, self.max_tokens + 1):
             rate = (1 - a ** (k + 1)) / (1 - a) / (self.plain + k * (self.extra + draft_cost))
@@ -201,8 +202,11 @@ class Controller:
             self.steps += 1
             if self.steps == 1:
                 return  # the first also pays one-time costs (buffers, the draft's first pass)
-            spt = seconds / tokens
-            self.spec_spt = 0.5 * self.spec_spt + 0.5 * spt if self.spec_spt else spt
+            # seconds over tokens of the recent steps together: one unlucky step does not decide
+            self.spec_s = 0.9 * self.spec_s + seconds
+            self.spec_tokens = 0.9 * self.spec_tokens + tokens
+            if self.steps > 8:
+                self.spec_spt = self.spec_s / self.spec_tokens
 
     def record(self, proposed: int, accepted: int, seconds: float) -> None:
         if proposed == 0:
