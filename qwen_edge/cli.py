@@ -100,6 +100,16 @@ def eval_(
         raise typer.Exit(1)
 
 
+def _read_text(path: Optional[Path], what: str) -> Optional[str]:
+    if path is None:
+        return None
+    from .runtimes.template import decode_utf8
+    try:
+        return decode_utf8(path.read_bytes(), what)
+    except OSError as e:
+        raise InputError(f"{what} {path}: {e.strerror or e}") from None
+
+
 def _unescape(s: str) -> str:
     """Backslash escapes a shell leaves as typed: \\n \\t \\r \\\\ (so --stop "\\n\\n" means two newlines)."""
     out, i = [], 0
@@ -138,6 +148,10 @@ def run_(
     draft_tokens: int = typer.Option(8, help="most tokens the draft proposes a step (fewer when they are rejected)"),
     lookup: Optional[int] = typer.Option(None, "--lookup", help="propose up to N tokens copied from where the last "
                                          "few tokens occurred earlier (edits of the input): the same output, faster"),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="a JSON schema file: the output is JSON "
+                                               "that matches it (constrained decoding)"),
+    grammar: Optional[Path] = typer.Option(None, "--grammar", help="a Lark grammar file the output must match"),
+    regex: Optional[str] = typer.Option(None, "--regex", help="a regular expression the output must match"),
     stats: bool = typer.Option(False, "--stats", help="print timings to stderr"),
     as_json: bool = typer.Option(False, "--json", help="print {text, tokens, finish_reason, timings} as JSON"),
 ) -> None:
@@ -155,6 +169,11 @@ def run_(
     stops = [check_text(_unescape(s), "--stop") for s in stop] or None
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    repetition_penalty=repetition_penalty, seed=seed, stop=stops, truncate=truncate)
+    constrained = {k: v for k, v in (("json_schema", _read_text(json_schema, "--json-schema")),
+                                     ("grammar", _read_text(grammar, "--grammar")), ("regex", regex)) if v is not None}
+    if constrained and chat:
+        raise InputError("--json-schema, --grammar and --regex apply to one prompt (-p), not to --chat")
+    options.update(constrained)
     load = dict(threads=threads, provider=provider, max_length=max_length, verify=verify, draft=draft,
                 draft_tokens=draft_tokens, lookup=lookup)
     if chat:

@@ -33,6 +33,7 @@ class Timings:
     detok_s: float = 0.0  # streaming detokenizer and stop strings
     cancelled: bool = False  # stopped by the caller's cancel()
     speculative: dict[str, Any] | None = None  # with a draft or lookup: SpecStats.to_dict()
+    mask_s: float = 0.0  # constrained decoding: computing the allowed-token masks (within sample_s)
 
     @property
     def prefill_tps(self) -> float:
@@ -79,7 +80,9 @@ def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_id
             timings.speculative = stats.to_dict()
         return
     penalty = sampler.needs_history
-    argmax = sampler.params.greedy and not penalty  # the sampler's greedy path, minus its overhead
+    constraint = sampler.constraint  # constrained.py: told every sampled token
+    # the sampler's greedy path, minus its overhead
+    argmax = sampler.params.greedy and not penalty and constraint is None
     timings.cached_tokens = runner.length
     timings.prompt_tokens = runner.n - runner.length
     start = runner.n  # ids from here on are this call's output
@@ -95,6 +98,8 @@ def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_id
             ts = time.perf_counter()
             tok = int(logits.argmax()) if argmax else (
                 sample(logits, runner.history, runner.history[start:]) if penalty else sample(logits))
+            if constraint is not None:
+                constraint.advance(tok)
             sample_s += time.perf_counter() - ts
             push(tok)
             timings.new_tokens = i + 1
@@ -110,6 +115,8 @@ def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_id
     finally:
         timings.sample_s = sample_s
         timings.run_s = runner.run_seconds - run0
+        if constraint is not None:
+            timings.mask_s = constraint.mask_s
 
 
 class TextStream:

@@ -63,6 +63,7 @@ class Model:
         self.session = open_session(self.folder, self.session_config)
         self._pool: list[Runner] = []
         self._lock = threading.Lock()
+        self._grammars: Any = None  # constrained.Grammars, built on the first constrained call
         self.draft: Model | None = None
         self.lookup: int | None = None
         self.draft_tokens = 0
@@ -169,28 +170,56 @@ class Model:
                temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
                frequency_penalty: float | None = None, presence_penalty: float | None = None,
-               stop: Sequence[str] | None = None, truncate: bool = False, ignore_eos: bool = False) -> TextStream:
+               stop: Sequence[str] | None = None, truncate: bool = False, ignore_eos: bool = False,
+               json_schema: Mapping[str, Any] | str | None = None, json_object: bool = False,
+               regex: str | None = None, grammar: str | None = None) -> TextStream:
         """Generate, yielding text pieces as they are complete; `.result` has text, tokens and timings.
 
         truncate: drop the oldest prompt tokens when the prompt does not fit (else a QwenEdgeError).
         ignore_eos: run max_new_tokens steps even past end tokens (benchmarks).
+        json_schema (a schema: the output is JSON that matches it), json_object (any JSON object), regex,
+        grammar (Lark text): constrained decoding (constrained.py, llguidance); one of them at most. An
+        invalid one is a QwenEdgeError before anything is generated. Speculation is off for such a call.
         """
         t0 = time.perf_counter()
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         params = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                repetition_penalty=repetition_penalty, seed=seed,
                                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
+        constraint = self.constraint(json_schema=json_schema, json_object=json_object, regex=regex,
+                                     grammar=grammar)
         ids = self.fit(self.prompt_ids(prompt), max_new_tokens, truncate)
-        proposer = self._proposer(ids, max_new_tokens)
+        proposer = None if constraint is not None else self._proposer(ids, max_new_tokens)
         runner = self._acquire()
         try:
             runner.append(ids)
-            return TextStream(runner, Sampler(params), self.tokenizer, max_new_tokens=max_new_tokens,
+            return TextStream(runner, Sampler(params, constraint), self.tokenizer, max_new_tokens=max_new_tokens,
                               stop_ids=self.stop_token_ids, stops=stop, ignore_eos=ignore_eos, t0=t0,
                               on_done=lambda s: self._release(s.runner), proposer=proposer)
         except BaseException:
             self._release(runner)
             raise
+
+    def constraint(self, *, json_schema: Any = None, json_object: bool = False, regex: str | None = None,
+                   grammar: str | None = None, spec: Any = None) -> Any:
+        """A fresh constrained.Constraint for one generation (None when nothing is asked), checked."""
+        from .constrained import ConstraintSpec, Grammars
+        given = [(k, v) for k, v in (("json_schema", json_schema), ("regex", regex), ("grammar", grammar))
+                 if v is not None] + ([("json_object", None)] if json_object else [])
+        if spec is not None:
+            given.append((spec.kind, spec.value))
+        if not given:
+            return None
+        if len(given) > 1:
+            raise QwenEdgeError(f"one constraint at a time, got {', '.join(k for k, _ in given)}")
+        if self._grammars is None:
+            eos = self.generation_config.get("eos_token_id")
+            eos = eos[0] if isinstance(eos, list) and eos else eos
+            if not isinstance(eos, int):
+                eos = min(self.stop_token_ids)
+            self._grammars = Grammars((self.folder / "tokenizer.json").read_text(encoding="utf-8"),
+                                      int(self.spec["vocab_size"]), eos)
+        return self._grammars.constraint(ConstraintSpec(*given[0]))
 
     def generate(self, prompt: Prompt, **kwargs: Any) -> str:
         """The whole generated text (options as for `stream`)."""

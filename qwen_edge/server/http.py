@@ -180,6 +180,12 @@ class Handler(BaseHTTPRequestHandler):
             params = model.sampling(**req.sampling)  # the artifact's defaults, then the request's values
         except QwenEdgeError as e:
             raise P.ApiError(400, str(e)) from None
+        constraint = None
+        if req.constraint is not None:  # compiled and checked before the request takes a slot
+            try:
+                constraint = model.constraint(spec=req.constraint)
+            except QwenEdgeError as e:
+                raise P.ApiError(400, str(e), "response_format") from None
         try:
             eng.admit(self._gone)
         except Busy:
@@ -196,7 +202,7 @@ class Handler(BaseHTTPRequestHandler):
         cut = self.server.cut
         try:
             stream = eng.generate(ids, max_new_tokens=max_new, params=params, stop=req.stop,
-                                  cancel=lambda: cut.is_set() or self._gone())
+                                  cancel=lambda: cut.is_set() or self._gone(), constraint=constraint)
             with stream:
                 self._send_stream(req, kind, stream) if req.stream else self._send_whole(req, kind, stream)
         finally:

@@ -35,7 +35,7 @@ COMMON = {"model", "stream", "stream_options", "max_tokens", "stop", *SAMPLING}
 OFF = {"n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []),
        "tool_choice": (None, "none", "auto"), "functions": (None, []), "function_call": (None, "none", "auto"),
        "parallel_tool_calls": (None, True, False), "logit_bias": (None, {}), "user": None, "store": (None, False),
-       "metadata": None, "service_tier": (None, "auto", "default"), "response_format": (None, {"type": "text"}),
+       "metadata": None, "service_tier": (None, "auto", "default"), "response_format": None,
        "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""), "modalities": (None, ["text"]),
        "reasoning_effort": None}
 CHAT = COMMON | {"messages", "max_completion_tokens"} | set(OFF)
@@ -51,6 +51,7 @@ class Request:
     max_tokens: int | None = None
     stop: list[str] | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
+    constraint: Any = None  # runtimes.constrained.ConstraintSpec from response_format
 
 
 def _type_name(v: Any) -> str:
@@ -115,7 +116,30 @@ def parse(body: Any, kind: str, model_id: str, max_tokens_cap: int) -> Request:
         raise ApiError(400, f"'temperature' must be between 0 and 2, got {sampling['temperature']}", "temperature")
     prompt = _messages(body) if kind == "chat" else _prompt(body)
     return Request(kind=kind, prompt=prompt, stream=bool(stream), include_usage=include_usage, max_tokens=limit,
-                   stop=_stop(body.get("stop")), sampling=sampling)
+                   stop=_stop(body.get("stop")), sampling=sampling, constraint=_response_format(body))
+
+
+def _response_format(body: dict) -> Any:
+    """OpenAI's response_format: text (no constraint), json_object, or json_schema {name, schema, strict}."""
+    from ..runtimes.constrained import ConstraintSpec
+    rf = body.get("response_format")
+    if rf is None:
+        return None
+    if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+        raise ApiError(400, "'response_format' must be an object with a 'type'", "response_format")
+    t = rf["type"]
+    if t == "text":
+        return None
+    if t == "json_object":
+        return ConstraintSpec("json_object")
+    if t == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
+            raise ApiError(400, "'response_format.json_schema' must be an object with a 'schema' object",
+                           "response_format")
+        return ConstraintSpec("json_schema", js.get("schema", {}))
+    raise ApiError(400, f"'response_format.type' must be text, json_object or json_schema, got {t!r}",
+                   "response_format")
 
 
 def _stop(v: Any) -> list[str] | None:
