@@ -53,6 +53,7 @@ class Result:
     tokens: list[int] = field(default_factory=list)  # generated ids (with the end token when it ended on one)
     finish_reason: str = ""  # "eos" | "stop" (a stop string) | "length" (max_new_tokens or the context)
     timings: Timings = field(default_factory=Timings)
+    logprobs: list[Any] | None = None  # with logprobs=N: a logprobs.TokenLogprob per token in `tokens`
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "tokens": self.tokens, "finish_reason": self.finish_reason,
@@ -82,7 +83,7 @@ def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_id
     penalty = sampler.needs_history
     constraint = sampler.constraint  # constrained.py: told every sampled token
     # the sampler's greedy path, minus its overhead
-    argmax = sampler.params.greedy and not penalty and constraint is None
+    argmax = sampler.params.greedy and not penalty and constraint is None and sampler.top_logprobs is None
     timings.cached_tokens = runner.length
     timings.prompt_tokens = runner.n - runner.length
     start = runner.n  # ids from here on are this call's output
@@ -138,6 +139,9 @@ class TextStream:
         self._decoder = StreamDecoder(tokenizer)
         self._on_done = on_done
         self.runner = runner
+        self.sampler = sampler
+        if sampler.top_logprobs is not None:
+            self.result.logprobs = sampler.log  # filled as tokens are drawn (the server streams them)
         self._tokens = token_loop(runner, sampler, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
                                   ignore_eos=ignore_eos, timings=self.result.timings, t0=self._t0, cancel=cancel,
                                   proposer=proposer)

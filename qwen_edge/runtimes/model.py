@@ -172,7 +172,7 @@ class Model:
                frequency_penalty: float | None = None, presence_penalty: float | None = None,
                stop: Sequence[str] | None = None, truncate: bool = False, ignore_eos: bool = False,
                json_schema: Mapping[str, Any] | str | None = None, json_object: bool = False,
-               regex: str | None = None, grammar: str | None = None) -> TextStream:
+               regex: str | None = None, grammar: str | None = None, logprobs: int | None = None) -> TextStream:
         """Generate, yielding text pieces as they are complete; `.result` has text, tokens and timings.
 
         truncate: drop the oldest prompt tokens when the prompt does not fit (else a QwenEdgeError).
@@ -180,7 +180,11 @@ class Model:
         json_schema (a schema: the output is JSON that matches it), json_object (any JSON object), regex,
         grammar (Lark text): constrained decoding (constrained.py, llguidance); one of them at most. An
         invalid one is a QwenEdgeError before anything is generated. Speculation is off for such a call.
+        logprobs: N in 0..20: `.result.logprobs` gets each token's log-probability and the N most likely
+        alternatives (logprobs.py says from which distribution); speculation is off for such a call.
         """
+        from .logprobs import check_top
+        top = check_top(logprobs)
         t0 = time.perf_counter()
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         params = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -189,11 +193,11 @@ class Model:
         constraint = self.constraint(json_schema=json_schema, json_object=json_object, regex=regex,
                                      grammar=grammar)
         ids = self.fit(self.prompt_ids(prompt), max_new_tokens, truncate)
-        proposer = None if constraint is not None else self._proposer(ids, max_new_tokens)
+        proposer = None if constraint is not None or top is not None else self._proposer(ids, max_new_tokens)
         runner = self._acquire()
         try:
             runner.append(ids)
-            return TextStream(runner, Sampler(params, constraint), self.tokenizer, max_new_tokens=max_new_tokens,
+            return TextStream(runner, Sampler(params, constraint, top), self.tokenizer, max_new_tokens=max_new_tokens,
                               stop_ids=self.stop_token_ids, stops=stop, ignore_eos=ignore_eos, t0=t0,
                               on_done=lambda s: self._release(s.runner), proposer=proposer)
         except BaseException:
@@ -220,6 +224,18 @@ class Model:
             self._grammars = Grammars((self.folder / "tokenizer.json").read_text(encoding="utf-8"),
                                       int(self.spec["vocab_size"]), eos)
         return self._grammars.constraint(ConstraintSpec(*given[0]))
+
+    def prompt_logprobs(self, prompt: Prompt, top: int = 0) -> list[Any]:
+        """Each prompt token's log-probability given the tokens before it (None for the first) and the `top`
+        most likely alternatives: what evaluation harnesses score (logprobs.prompt_logprobs)."""
+        from .logprobs import check_top, prompt_logprobs
+        top = check_top(top, "top")
+        ids = self.fit(self.prompt_ids(prompt), 1, False)
+        runner = self._acquire()
+        try:
+            return prompt_logprobs(runner, ids, top)
+        finally:
+            self._release(runner)
 
     def generate(self, prompt: Prompt, **kwargs: Any) -> str:
         """The whole generated text (options as for `stream`)."""

@@ -304,11 +304,15 @@ def probs(logits: np.ndarray, params: SamplingParams, history: np.ndarray | None
 class Sampler:
     """Draws token ids; the same seed gives the same tokens for the same logits."""
 
-    def __init__(self, params: SamplingParams | None = None, constraint: Any = None) -> None:
+    def __init__(self, params: SamplingParams | None = None, constraint: Any = None,
+                 top_logprobs: int | None = None) -> None:
         self.params = params or SamplingParams()
         self.rng = np.random.default_rng(self.params.seed)
         # constrained.Constraint: masks what its grammar does not allow next, before every other step
         self.constraint = constraint
+        # logprobs.py: with a count (0 = the chosen token's alone), each draw's log-probability is kept in `log`
+        self.top_logprobs = top_logprobs
+        self.log: list[Any] = []
 
     @property
     def needs_history(self) -> bool:
@@ -323,6 +327,11 @@ class Sampler:
             logits = self.constraint.mask(logits)
         ids, w = _distribution(logits, self.params, history, generated)
         if self.params.greedy:
-            return int(ids[0])  # no random draw, so greedy never advances the rng
-        j = _draw(w, float(self.rng.random()))
-        return j if ids is None else int(ids[j])
+            tok = int(ids[0])  # no random draw, so greedy never advances the rng
+        else:
+            j = _draw(w, float(self.rng.random()))
+            tok = j if ids is None else int(ids[j])
+        if self.top_logprobs is not None:
+            from .logprobs import sampled
+            self.log.append(sampled(logits, self.params, history, generated, tok, self.top_logprobs))
+        return tok

@@ -124,14 +124,16 @@ class Engine:
 
     # --- one generation ----------------------------------------------------------------------------------
     def generate(self, ids: Sequence[int], *, max_new_tokens: int, params: SamplingParams,
-                 stop: list[str] | None, cancel: Callable[[], bool], constraint: Any = None) -> TextStream:
+                 stop: list[str] | None, cancel: Callable[[], bool], constraint: Any = None,
+                 top_logprobs: int | None = None) -> TextStream:
         """A stream over a runner chosen by the prompt cache; closing or finishing it returns the runner."""
         t0 = time.perf_counter()
         runner, _ = self._runner_for(ids)
         try:
             # a draft's runner is attached to this runner: it keeps the same conversation's prefix cached
-            proposer = None if constraint is not None else self.model._proposer(list(ids), max_new_tokens)
-            return TextStream(runner, Sampler(params, constraint), self.model.tokenizer,
+            plain = constraint is not None or top_logprobs is not None  # (neither speculates)
+            proposer = None if plain else self.model._proposer(list(ids), max_new_tokens)
+            return TextStream(runner, Sampler(params, constraint, top_logprobs), self.model.tokenizer,
                               max_new_tokens=max_new_tokens, stop_ids=self.model.stop_token_ids, stops=stop, t0=t0,
                               on_done=lambda s: self._give_back(s.runner), cancel=cancel, proposer=proposer)
         except BaseException:

@@ -201,8 +201,12 @@ class Handler(BaseHTTPRequestHandler):
         stream = None
         cut = self.server.cut
         try:
+            self._prompt_lp = None
+            if req.echo and req.logprobs is not None:  # the prompt's own log-probabilities (evaluation harnesses)
+                self._prompt_lp = model.prompt_logprobs(ids, req.logprobs)
             stream = eng.generate(ids, max_new_tokens=max_new, params=params, stop=req.stop,
-                                  cancel=lambda: cut.is_set() or self._gone(), constraint=constraint)
+                                  cancel=lambda: cut.is_set() or self._gone(), constraint=constraint,
+                                  top_logprobs=req.logprobs)
             with stream:
                 self._send_stream(req, kind, stream) if req.stream else self._send_whole(req, kind, stream)
         finally:
@@ -228,7 +232,25 @@ class Handler(BaseHTTPRequestHandler):
         if reason is None:
             return
         use = self._usage(r)
-        self._json(200, P.response(kind, P.new_id(kind), self.server.model_id, r.text, reason, use))
+        text, lp = r.text, self._logprobs(req, kind, r.logprobs or [], first=True)
+        if req.echo:
+            prompt_text = req.prompt if isinstance(req.prompt, str) else self.server.engine.model.decode(req.prompt)
+            text = prompt_text + text
+        self._json(200, P.response(kind, P.new_id(kind), self.server.model_id, text, reason, use, lp))
+
+    def _logprobs(self, req: P.Request, kind: str, entries: list, first: bool = False) -> dict | None:
+        """The response's logprobs for these generated entries (the end token left out), with the prompt's
+        first when echoing."""
+        if req.logprobs is None:
+            return None
+        model = self.server.engine.model
+        entries = [e for e in entries if e.id not in model.stop_token_ids]
+        if kind == "chat":
+            return P.chat_logprobs(entries, model.tokenizer)
+        if first and req.echo and self._prompt_lp is not None:
+            ids = model.prompt_ids(req.prompt)
+            entries = [("first", ids[0])] + self._prompt_lp[1:] + entries
+        return P.completion_logprobs(entries, model.tokenizer)
 
     def _send_stream(self, req: P.Request, kind: str, stream: Any) -> None:
         rid, mid = P.new_id(kind), self.server.model_id
@@ -240,13 +262,26 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if kind == "chat":
             self._event(P.chunk(kind, rid, mid, "", first=True))
+        sent = 0
+        first = True
+        if req.echo:  # the prompt first, with its tokens' log-probabilities
+            model = self.server.engine.model
+            prompt_text = req.prompt if isinstance(req.prompt, str) else model.decode(req.prompt)
+            self._event(P.chunk(kind, rid, mid, prompt_text, logprobs=self._logprobs(req, kind, [], first=True)))
+            first = False
         for piece in stream:
-            self._event(P.chunk(kind, rid, mid, piece))
+            lp = None
+            if req.logprobs is not None:  # the tokens drawn since the last piece
+                log = stream.result.logprobs
+                lp, sent = self._logprobs(req, kind, log[sent:], first), len(log)
+                first = False
+            self._event(P.chunk(kind, rid, mid, piece, logprobs=lp))
         r = stream.result
         reason = self._finish_reason(r)
         if reason is None:
             return
-        self._event(P.chunk(kind, rid, mid, None, reason))
+        rest = self._logprobs(req, kind, (r.logprobs or [])[sent:], first) if req.logprobs is not None else None
+        self._event(P.chunk(kind, rid, mid, None, reason, logprobs=rest))
         if req.include_usage:
             self._event(P.chunk(kind, rid, mid, None, use=self._usage(r)))
         self._chunk(b"data: [DONE]\n\n")

@@ -32,11 +32,11 @@ SAMPLING = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, 
             "frequency_penalty": float, "presence_penalty": float, "repetition_penalty": float}
 COMMON = {"model", "stream", "stream_options", "max_tokens", "stop", *SAMPLING}
 # Accepted when they mean "off"; any other value is a 400 (we cannot do what it asks).
-OFF = {"n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []),
+OFF = {"n": (None, 1), "logprobs": None, "top_logprobs": None, "tools": (None, []),
        "tool_choice": (None, "none", "auto"), "functions": (None, []), "function_call": (None, "none", "auto"),
        "parallel_tool_calls": (None, True, False), "logit_bias": (None, {}), "user": None, "store": (None, False),
        "metadata": None, "service_tier": (None, "auto", "default"), "response_format": None,
-       "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""), "modalities": (None, ["text"]),
+       "echo": None, "best_of": (None, 1), "suffix": (None, ""), "modalities": (None, ["text"]),
        "reasoning_effort": None}
 CHAT = COMMON | {"messages", "max_completion_tokens"} | set(OFF)
 COMPLETION = COMMON | {"prompt"} | set(OFF)
@@ -52,6 +52,8 @@ class Request:
     stop: list[str] | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
     constraint: Any = None  # runtimes.constrained.ConstraintSpec from response_format
+    logprobs: int | None = None  # None: off; N: each token's log-probability and N alternatives
+    echo: bool = False  # completions: the prompt (and its tokens' log-probabilities) before the text
 
 
 def _type_name(v: Any) -> str:
@@ -81,7 +83,7 @@ def parse(body: Any, kind: str, model_id: str, max_tokens_cap: int) -> Request:
     for key, values in OFF.items():
         if key in body and values is not None and body[key] not in values:
             raise ApiError(400, f"'{key}' = {body[key]!r} is not supported by this server "
-                                f"(qwen-edge generates one text choice, without tools or logprobs)", key)
+                                f"(qwen-edge generates one text choice, without tools)", key)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required (a string)", "model")
@@ -116,7 +118,66 @@ def parse(body: Any, kind: str, model_id: str, max_tokens_cap: int) -> Request:
         raise ApiError(400, f"'temperature' must be between 0 and 2, got {sampling['temperature']}", "temperature")
     prompt = _messages(body) if kind == "chat" else _prompt(body)
     return Request(kind=kind, prompt=prompt, stream=bool(stream), include_usage=include_usage, max_tokens=limit,
-                   stop=_stop(body.get("stop")), sampling=sampling, constraint=_response_format(body))
+                   stop=_stop(body.get("stop")), sampling=sampling, constraint=_response_format(body),
+                   logprobs=_logprobs(body, kind), echo=_echo(body, kind))
+
+
+def _logprobs(body: dict, kind: str) -> int | None:
+    """chat: logprobs (bool) and top_logprobs (0..20); completions: logprobs (0..20, the alternatives)."""
+    if kind == "chat":
+        on, top = body.get("logprobs"), body.get("top_logprobs")
+        if on is not None and not isinstance(on, bool):
+            raise ApiError(400, f"'logprobs' must be a boolean, got {_type_name(on)}", "logprobs")
+        if top is not None:
+            if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+                raise ApiError(400, "'top_logprobs' must be an integer in 0..20", "top_logprobs")
+            if not on:
+                raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        return (top or 0) if on else None
+    n = body.get("logprobs")
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 20:
+        raise ApiError(400, "'logprobs' must be an integer in 0..20 (the alternatives per token)", "logprobs")
+    return n
+
+
+def _echo(body: dict, kind: str) -> bool:
+    e = body.get("echo")
+    if e is None:
+        return False
+    if kind == "chat" or not isinstance(e, bool):
+        raise ApiError(400, "'echo' is a boolean of the completions endpoint", "echo")
+    return e
+
+
+def chat_logprobs(entries: list, tokenizer: Any) -> dict[str, Any]:
+    from ..runtimes.logprobs import token_bytes
+
+    def one(i: int, lp: float) -> dict[str, Any]:
+        b = token_bytes(tokenizer, i)
+        return {"token": b.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(b)}
+    return {"content": [{**one(e.id, e.logprob), "top_logprobs": [one(i, lp) for i, lp in e.top]} for e in entries]}
+
+
+def completion_logprobs(entries: list, tokenizer: Any, offset: int = 0) -> dict[str, Any]:
+    """The legacy completions object; an entry of None (a prompt's first token) is given by its id in
+    `entries` as ("first", id)."""
+    from ..runtimes.logprobs import token_bytes
+    tokens, lps, tops, offsets = [], [], [], []
+    for e in entries:
+        tid = e[1] if isinstance(e, tuple) else e.id
+        t = token_bytes(tokenizer, tid).decode("utf-8", errors="replace")
+        tokens.append(t)
+        offsets.append(offset)
+        offset += len(t)
+        if isinstance(e, tuple):
+            lps.append(None)
+            tops.append(None)
+        else:
+            lps.append(e.logprob)
+            tops.append({token_bytes(tokenizer, i).decode("utf-8", errors="replace"): lp for i, lp in e.top})
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
 def _response_format(body: dict) -> Any:
@@ -227,21 +288,22 @@ def usage(prompt_tokens: int, completion_tokens: int, cached: int,
     return u
 
 
-def response(kind: str, rid: str, model: str, text: str, finish: str, use: dict) -> dict[str, Any]:
+def response(kind: str, rid: str, model: str, text: str, finish: str, use: dict,
+             logprobs: dict | None = None) -> dict[str, Any]:
     created = int(time.time())
     if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                   "finish_reason": FINISH[finish]}
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": FINISH[finish]}
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": FINISH[finish]}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": use,
             "system_fingerprint": "qwen-edge"}
 
 
 def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None = None, first: bool = False,
-          use: dict | None = None) -> dict[str, Any]:
+          use: dict | None = None, logprobs: dict | None = None) -> dict[str, Any]:
     created = int(time.time())
     if use is not None:  # the usage chunk: no choices
         return {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
@@ -252,6 +314,6 @@ def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None 
             ({} if text is None else {"content": text})
         return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": "qwen-edge",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]}
     return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}]}
+            "choices": [{"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": reason}]}
