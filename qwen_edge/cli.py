@@ -286,6 +286,8 @@ def serve_(
     max_tokens: int = typer.Option(2048, help="the most tokens one request may generate (and the default)"),
     max_body: int = typer.Option(1 << 20, help="the largest request body in bytes (413 beyond)"),
     model_name: Optional[str] = typer.Option(None, help="the model id clients send (default: the folder's name)"),
+    alias: list[str] = typer.Option([], "--alias", help="another model name to accept (apps that hard-code one; "
+                                    "repeatable; '*' accepts any name)"),
     threads: int = typer.Option(0, help="onnxruntime intra-op threads (0 = all cores)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
     shutdown_timeout: float = typer.Option(5.0, help="on SIGTERM/SIGINT/SIGHUP: seconds running requests get to finish "
@@ -308,7 +310,7 @@ def serve_(
         serve(str(model), host=host, port=port, api_key=api_key, parallel=parallel, queue=queue, cache=cache,
               threads=threads, ctx=ctx, max_tokens=max_tokens, max_body=max_body, model_id=model_name,
               verify=verify, shutdown_timeout=shutdown_timeout, ready=ready, draft=draft,
-              draft_tokens=draft_tokens, lookup=lookup)
+              draft_tokens=draft_tokens, lookup=lookup, aliases=tuple(alias))
         try:
             print("qwen-edge serve: stopped", file=sys.stderr, flush=True)  # every thread joined: exit 0
         except OSError:  # stderr is gone (the parent died): nothing to tell

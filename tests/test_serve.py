@@ -318,3 +318,24 @@ def test_speculative_server_same_text_usage_and_log(tiny, tmp_path, model):
         finally:
             assert s.stop() == 0
         assert any("accepted=" in line and "tokens_per_pass=" in line for line in s.log), s.log[-5:]
+
+
+def test_alias_accepts_other_model_names(tiny):
+    """--alias NAME (repeatable) or '*': apps that hard-code a model name work; otherwise the 404 names the
+    model to use and the option."""
+    import openai
+    s = ServerProcess(tiny, "--alias", "gpt-4o-mini")
+    try:
+        c = s.client()
+        r = c.chat.completions.create(model="gpt-4o-mini", messages=MSGS, max_tokens=3, temperature=0)
+        assert r.choices[0].message.content and r.model == s.model
+        with pytest.raises(openai.NotFoundError) as e:
+            c.chat.completions.create(model="gpt-4", messages=MSGS, max_tokens=3)
+        assert s.model in str(e.value) and "--alias" in str(e.value)
+    finally:
+        assert s.stop() == 0
+    s = ServerProcess(tiny, "--alias", "*")
+    try:
+        assert s.client().completions.create(model="anything", prompt="x", max_tokens=2).choices[0].text is not None
+    finally:
+        assert s.stop() == 0

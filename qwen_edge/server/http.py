@@ -42,6 +42,7 @@ class Server(GracefulServer):
     def __init__(self, addr: tuple[str, int], engine: Engine, *, model_id: str, api_key: str | None,
                  max_body: int, max_tokens: int, log: Any = sys.stderr):
         self.engine, self.model_id, self.api_key = engine, model_id, api_key
+        self.aliases: tuple[str, ...] = ()  # other model names requests may send ("*": any)
         self.max_body, self.max_tokens, self.log = max_body, max_tokens, log
         self.log_lock = threading.Lock()
         super().__init__(addr, Handler)
@@ -164,7 +165,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _generate(self, kind: str) -> None:
         body = self._body()
-        req = P.parse(body, kind, self.server.model_id, self.server.max_tokens)
+        req = P.parse(body, kind, self.server.model_id, self.server.max_tokens, self.server.aliases)
         eng, model = self.server.engine, self.server.engine.model
         try:
             ids = model.prompt_ids(req.prompt)
@@ -416,7 +417,7 @@ def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: st
           parallel: int = 1, queue: int = 16, cache: int = 4, threads: int = 0, ctx: int | None = None,
           max_tokens: int = 2048, max_body: int = 1 << 20, model_id: str | None = None, verify: bool = True,
           shutdown_timeout: float = 5.0, ready: Any = None, stop: StopSignals | None = None, draft: Any = None,
-          draft_tokens: int = 8, lookup: int | None = None) -> dict[str, Any]:
+          draft_tokens: int = 8, lookup: int | None = None, aliases: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load the model and serve until SIGTERM, SIGHUP or SIGINT (or `stop.first` is set), then stop
     gracefully (lifecycle.py): running generations get `shutdown_timeout` seconds to finish, then end
     with finish_reason "length"; a second signal cuts them at once. Returns what the drain did.
@@ -446,6 +447,7 @@ def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: st
                         max_body=max_body, max_tokens=max_tokens)
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    server.aliases = tuple(aliases)
     h, p = server.server_address[:2]
     url = f"http://{h if ':' not in str(h) else f'[{h}]'}:{p}"
     signals = stop or StopSignals()

@@ -72,7 +72,7 @@ def _number(body: dict, key: str, kind: type) -> Any:
     return kind(v)
 
 
-def parse(body: Any, kind: str, model_id: str, max_tokens_cap: int) -> Request:
+def parse(body: Any, kind: str, model_id: str, max_tokens_cap: int, aliases: tuple[str, ...] = ()) -> Request:
     """Check a request body (already JSON-decoded) into a Request; ApiError with the OpenAI body if not."""
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {_type_name(body)}")
@@ -87,8 +87,9 @@ def parse(body: Any, kind: str, model_id: str, max_tokens_cap: int) -> Request:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required (a string)", "model")
-    if model != model_id:
-        raise ApiError(404, f"the model '{model}' does not exist; this server serves '{model_id}'", "model",
+    if model != model_id and model not in aliases and "*" not in aliases:
+        raise ApiError(404, f"the model '{model}' does not exist; this server serves '{model_id}' (send that name, "
+                            f"or start it with --alias '{model}', or --alias '*' for any name)", "model",
                        "model_not_found")
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
