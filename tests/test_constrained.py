@@ -148,3 +148,60 @@ def test_openai_client_json_schema_over_http(tiny):
             c.chat.completions.create(model=s.model, messages=msgs, max_tokens=20, response_format={"type": "xml"})
     finally:
         assert s.stop() == 0
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                              "parameters": {"type": "object", "properties": {
+                                                  "city": {"type": "string"},
+                                                  "unit": {"enum": ["celsius", "fahrenheit"]}},
+                                                  "required": ["city"]}}},
+           {"type": "function", "function": {"name": "get_time", "description": "Current time in a city",
+                                              "parameters": {"type": "object", "properties": {
+                                                  "city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+@pytest.mark.real
+def test_tool_calls_api_and_openai_client(real_int4):
+    """Tools on the real model through its own template: tool_choice auto / required / a named function in the
+    Python API (calls parsed, arguments valid for the tool's schema, also when sampling), and with the
+    official client against a server: tool_calls, streamed deltas, and a tool result sent back."""
+    openai = pytest.importorskip("openai")
+    from serve_process import ServerProcess
+    m = Model.load(real_int4, threads=2, max_length=2048)
+    msgs = [{"role": "user", "content": "What's the weather in Paris?"}]
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in WEATHER}
+    for choice, seed in (("auto", None), ("required", None), ("required", 1), ("required", 2),
+                         ({"type": "function", "function": {"name": "get_time"}}, 3)):
+        kw = dict(temperature=0) if seed is None else dict(temperature=1.0, seed=seed)
+        r = m.complete(msgs, tools=WEATHER, tool_choice=choice, max_new_tokens=100, **kw)
+        assert r.tool_calls, (choice, r.text)
+        for c in r.tool_calls:
+            jsonschema.validate(json.loads(c["function"]["arguments"]), schemas[c["function"]["name"]])
+        if isinstance(choice, dict):
+            assert {c["function"]["name"] for c in r.tool_calls} == {"get_time"}
+    none = m.complete(msgs, tools=WEATHER, tool_choice="none", temperature=0, max_new_tokens=30)
+    assert not none.tool_calls and "<tool_call>" not in none.text
+    s = ServerProcess(real_int4, "--ctx", "2048", "--threads", "2")
+    try:
+        c = s.client()
+        r = c.chat.completions.create(model=s.model, messages=msgs, tools=WEATHER, tool_choice="required",
+                                      temperature=0, max_tokens=100)
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls" and ch.message.tool_calls[0].function.name == "get_weather"
+        call = ch.message.tool_calls[0]
+        jsonschema.validate(json.loads(call.function.arguments), schemas["get_weather"])
+        parts = list(c.chat.completions.create(model=s.model, messages=msgs, tools=WEATHER, tool_choice="required",
+                                               temperature=0, max_tokens=100, stream=True))
+        deltas = [d for p in parts if p.choices and p.choices[0].delta.tool_calls for d in p.choices[0].delta.tool_calls]
+        assert deltas[0].id and deltas[0].function.name == "get_weather"
+        assert json.loads("".join(d.function.arguments or "" for d in deltas)) == json.loads(call.function.arguments)
+        assert [p.choices[0].finish_reason for p in parts if p.choices][-1] == "tool_calls"
+        back = msgs + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                       {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 21})}]
+        r = c.chat.completions.create(model=s.model, messages=back, tools=WEATHER, temperature=0, max_tokens=30)
+        assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        with pytest.raises(openai.BadRequestError):
+            c.chat.completions.create(model=s.model, messages=msgs, tools=WEATHER, max_tokens=5,
+                                      tool_choice={"type": "function", "function": {"name": "nope"}})
+    finally:
+        assert s.stop() == 0

@@ -54,6 +54,8 @@ class Result:
     finish_reason: str = ""  # "eos" | "stop" (a stop string) | "length" (max_new_tokens or the context)
     timings: Timings = field(default_factory=Timings)
     logprobs: list[Any] | None = None  # with logprobs=N: a logprobs.TokenLogprob per token in `tokens`
+    tool_calls: list[dict] | None = None  # with tools (Model.complete): the calls, in OpenAI's format
+    content: str | None = None  # with tools: the text outside the calls (None when there is none)
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "tokens": self.tokens, "finish_reason": self.finish_reason,

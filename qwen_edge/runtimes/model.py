@@ -141,7 +141,7 @@ class Model:
             raise QwenEdgeError(f"{self.folder} has no chat template: pass raw text or token ids")
         return self.template.render(messages, add_generation_prompt=add_generation_prompt, **kw)
 
-    def prompt_ids(self, prompt: Prompt) -> list[int]:
+    def prompt_ids(self, prompt: Prompt, tools: list[dict] | None = None) -> list[int]:
         if isinstance(prompt, (bytes, bytearray, memoryview)):  # a Sequence of ints, but never token ids
             raise InputError(f"a prompt of {type(prompt).__name__} is not accepted: decode it to a string first "
                              "(or pass token ids as a list of ints)")
@@ -150,6 +150,10 @@ class Model:
         if isinstance(prompt, np.ndarray):
             prompt = prompt.reshape(-1).tolist()
         if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+            if tools is not None or any(m.get("tool_calls") for m in prompt):
+                from .tools import for_template
+                return self.encode(self.render(for_template([dict(m) for m in prompt]), tools=tools),
+                                   add_special_tokens=False)
             return self.encode(self.render(prompt), add_special_tokens=False)
         if isinstance(prompt, Sequence) and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
                                                 for t in prompt):
@@ -172,7 +176,9 @@ class Model:
                frequency_penalty: float | None = None, presence_penalty: float | None = None,
                stop: Sequence[str] | None = None, truncate: bool = False, ignore_eos: bool = False,
                json_schema: Mapping[str, Any] | str | None = None, json_object: bool = False,
-               regex: str | None = None, grammar: str | None = None, logprobs: int | None = None) -> TextStream:
+               regex: str | None = None, grammar: str | None = None, logprobs: int | None = None,
+               tools: list[dict] | None = None, tool_choice: Any = None,
+               parallel_tool_calls: bool = True) -> TextStream:
         """Generate, yielding text pieces as they are complete; `.result` has text, tokens and timings.
 
         truncate: drop the oldest prompt tokens when the prompt does not fit (else a QwenEdgeError).
@@ -182,9 +188,24 @@ class Model:
         invalid one is a QwenEdgeError before anything is generated. Speculation is off for such a call.
         logprobs: N in 0..20: `.result.logprobs` gets each token's log-probability and the N most likely
         alternatives (logprobs.py says from which distribution); speculation is off for such a call.
+        tools, tool_choice: OpenAI's; rendered by the model's template (tools.py). "required" or a named function
+        constrains the reply to valid <tool_call> blocks; `complete` parses them into `result.tool_calls`.
         """
         from .logprobs import check_top
         top = check_top(logprobs)
+        if tools is not None:
+            from .tools import call_grammar, check_tools, choice_names
+            tools = check_tools(tools)
+            names = choice_names(tools, tool_choice)
+            if names is not None:
+                if grammar is not None or json_schema is not None or regex is not None or json_object:
+                    raise QwenEdgeError("tool_choice 'required' or a named function cannot be combined with "
+                                        "another constraint")
+                grammar = call_grammar(tools, names, bool(parallel_tool_calls))
+            if tool_choice == "none":
+                tools = None
+        elif tool_choice not in (None, "none", "auto"):
+            raise QwenEdgeError("tool_choice needs tools")
         t0 = time.perf_counter()
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         params = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -192,7 +213,7 @@ class Model:
                                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
         constraint = self.constraint(json_schema=json_schema, json_object=json_object, regex=regex,
                                      grammar=grammar)
-        ids = self.fit(self.prompt_ids(prompt), max_new_tokens, truncate)
+        ids = self.fit(self.prompt_ids(prompt, tools), max_new_tokens, truncate)
         proposer = None if constraint is not None or top is not None else self._proposer(ids, max_new_tokens)
         runner = self._acquire()
         try:
@@ -242,9 +263,14 @@ class Model:
         return self.complete(prompt, **kwargs).text
 
     def complete(self, prompt: Prompt, **kwargs: Any) -> Result:
-        """Text, token ids, finish reason and timings (options as for `stream`)."""
+        """Text, token ids, finish reason and timings (options as for `stream`); with tools, the calls the
+        model made in `tool_calls` (OpenAI's format) and the rest of the text in `content`."""
         s = self.stream(prompt, **kwargs)
         s.read()
+        if kwargs.get("tools") is not None and kwargs.get("tool_choice") != "none":
+            from .tools import parse_calls
+            names = [t["function"]["name"] for t in kwargs["tools"] if isinstance(t, dict) and "function" in t]
+            s.result.content, s.result.tool_calls = parse_calls(s.result.text, names)
         return s.result
 
     def chat(self, system: str | None = None, **defaults: Any) -> "Chat":

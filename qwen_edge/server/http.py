@@ -167,8 +167,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self._body()
         req = P.parse(body, kind, self.server.model_id, self.server.max_tokens, self.server.aliases)
         eng, model = self.server.engine, self.server.engine.model
+        tools_on = req.tools is not None and req.tool_choice != "none"
         try:
-            ids = model.prompt_ids(req.prompt)
+            ids = model.prompt_ids(req.prompt, req.tools if tools_on else None)
         except QwenEdgeError as e:
             raise P.ApiError(400, str(e), "messages" if kind == "chat" else "prompt") from None
         room = model.max_length - len(ids)
@@ -182,11 +183,21 @@ class Handler(BaseHTTPRequestHandler):
         except QwenEdgeError as e:
             raise P.ApiError(400, str(e)) from None
         constraint = None
-        if req.constraint is not None:  # compiled and checked before the request takes a slot
+        spec = req.constraint
+        if tools_on:
+            from ..runtimes.constrained import ConstraintSpec
+            from ..runtimes.tools import call_grammar, choice_names
+            names = choice_names(req.tools, req.tool_choice)
+            if names is not None:  # "required" or a named function: only valid calls can be written
+                if spec is not None:
+                    raise P.ApiError(400, "tool_choice 'required' or a named function cannot be combined with "
+                                          "response_format", "tool_choice")
+                spec = ConstraintSpec("grammar", call_grammar(req.tools, names, req.parallel_tool_calls))
+        if spec is not None:  # compiled and checked before the request takes a slot
             try:
-                constraint = model.constraint(spec=req.constraint)
+                constraint = model.constraint(spec=spec)
             except QwenEdgeError as e:
-                raise P.ApiError(400, str(e), "response_format") from None
+                raise P.ApiError(400, str(e), "response_format" if spec is req.constraint else "tools") from None
         try:
             eng.admit(self._gone)
         except Busy:
@@ -237,7 +248,15 @@ class Handler(BaseHTTPRequestHandler):
         if req.echo:
             prompt_text = req.prompt if isinstance(req.prompt, str) else self.server.engine.model.decode(req.prompt)
             text = prompt_text + text
-        self._json(200, P.response(kind, P.new_id(kind), self.server.model_id, text, reason, use, lp))
+        text, calls = self._calls(req, text)
+        self._json(200, P.response(kind, P.new_id(kind), self.server.model_id, text, reason, use, lp, calls))
+
+    def _calls(self, req: P.Request, text: str) -> tuple[str | None, list]:
+        """The reply's tool calls (Qwen's <tool_call> blocks, or a bare JSON call) and the rest of its text."""
+        if req.tools is None or req.tool_choice == "none":
+            return text, []
+        from ..runtimes.tools import parse_calls
+        return parse_calls(text, [t["function"]["name"] for t in req.tools])
 
     def _logprobs(self, req: P.Request, kind: str, entries: list, first: bool = False) -> dict | None:
         """The response's logprobs for these generated entries (the end token left out), with the prompt's
@@ -270,7 +289,10 @@ class Handler(BaseHTTPRequestHandler):
             prompt_text = req.prompt if isinstance(req.prompt, str) else model.decode(req.prompt)
             self._event(P.chunk(kind, rid, mid, prompt_text, logprobs=self._logprobs(req, kind, [], first=True)))
             first = False
+        tools_on = req.tools is not None and req.tool_choice != "none"
         for piece in stream:
+            if tools_on:  # a reply that may be a tool call is sent when complete (as calls or as text)
+                continue
             lp = None
             if req.logprobs is not None:  # the tokens drawn since the last piece
                 log = stream.result.logprobs
@@ -281,6 +303,16 @@ class Handler(BaseHTTPRequestHandler):
         reason = self._finish_reason(r)
         if reason is None:
             return
+        if tools_on:
+            text, calls = self._calls(req, r.text)
+            if calls:
+                for c in P.tool_call_chunks(kind, rid, mid, calls):
+                    self._event(c)
+                reason = "tool_calls"
+            elif text:
+                lp = self._logprobs(req, kind, r.logprobs or [], first) if req.logprobs is not None else None
+                sent = len(r.logprobs or [])
+                self._event(P.chunk(kind, rid, mid, text, logprobs=lp))
         rest = self._logprobs(req, kind, (r.logprobs or [])[sent:], first) if req.logprobs is not None else None
         self._event(P.chunk(kind, rid, mid, None, reason, logprobs=rest))
         if req.include_usage:

@@ -1,7 +1,7 @@
 """The OpenAI API shapes: requests checked into generation options, responses and stream chunks built.
 
-No HTTP here. A request field we do not support is an error, never silently ignored: `n` > 1, tools,
-images, logprobs, ... (a value that means "off", such as n = 1 or tools = [], is accepted). Unknown
+No HTTP here. A request field we do not support is an error, never silently ignored: `n` > 1, images,
+audio, ... (a value that means "off", such as n = 1, is accepted). Unknown
 fields are refused too, so a client never believes a setting took effect when it did not.
 """
 
@@ -32,8 +32,8 @@ SAMPLING = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, 
             "frequency_penalty": float, "presence_penalty": float, "repetition_penalty": float}
 COMMON = {"model", "stream", "stream_options", "max_tokens", "stop", *SAMPLING}
 # Accepted when they mean "off"; any other value is a 400 (we cannot do what it asks).
-OFF = {"n": (None, 1), "logprobs": None, "top_logprobs": None, "tools": (None, []),
-       "tool_choice": (None, "none", "auto"), "functions": (None, []), "function_call": (None, "none", "auto"),
+OFF = {"n": (None, 1), "logprobs": None, "top_logprobs": None, "tools": None,
+       "tool_choice": None, "functions": (None, []), "function_call": (None, "none", "auto"),
        "parallel_tool_calls": (None, True, False), "logit_bias": (None, {}), "user": None, "store": (None, False),
        "metadata": None, "service_tier": (None, "auto", "default"), "response_format": None,
        "echo": None, "best_of": (None, 1), "suffix": (None, ""), "modalities": (None, ["text"]),
@@ -54,6 +54,9 @@ class Request:
     constraint: Any = None  # runtimes.constrained.ConstraintSpec from response_format
     logprobs: int | None = None  # None: off; N: each token's log-probability and N alternatives
     echo: bool = False  # completions: the prompt (and its tokens' log-probabilities) before the text
+    tools: list | None = None  # chat: OpenAI's tools, checked (runtimes/tools.py)
+    tool_choice: Any = None
+    parallel_tool_calls: bool = True
 
 
 def _type_name(v: Any) -> str:
@@ -120,7 +123,25 @@ def parse(body: Any, kind: str, model_id: str, max_tokens_cap: int, aliases: tup
     prompt = _messages(body) if kind == "chat" else _prompt(body)
     return Request(kind=kind, prompt=prompt, stream=bool(stream), include_usage=include_usage, max_tokens=limit,
                    stop=_stop(body.get("stop")), sampling=sampling, constraint=_response_format(body),
-                   logprobs=_logprobs(body, kind), echo=_echo(body, kind))
+                   logprobs=_logprobs(body, kind), echo=_echo(body, kind), **_tools(body, kind))
+
+
+def _tools(body: dict, kind: str) -> dict[str, Any]:
+    from ..errors import QwenEdgeError
+    from ..runtimes.tools import check_tools, choice_names
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools in (None, []):
+        if choice not in (None, "none", "auto"):
+            raise ApiError(400, "'tool_choice' needs 'tools'", "tool_choice")
+        return {}
+    if kind != "chat":
+        raise ApiError(400, "'tools' belong to the chat endpoint", "tools")
+    try:
+        tools = check_tools(tools)
+        choice_names(tools, choice)
+    except QwenEdgeError as e:
+        raise ApiError(400, str(e), "tools") from None
+    return {"tools": tools, "tool_choice": choice, "parallel_tool_calls": body.get("parallel_tool_calls") is not False}
 
 
 def _logprobs(body: dict, kind: str) -> int | None:
@@ -234,13 +255,21 @@ def _messages(body: dict) -> list[dict[str, str]]:
         if not isinstance(m, dict):
             raise ApiError(400, f"{where} must be an object", where)
         role = m.get("role")
-        if role not in ("system", "developer", "user", "assistant"):
-            raise ApiError(400, f"{where}.role must be system, user or assistant (tool messages are not supported), "
-                                f"got {role!r}", f"{where}.role")
-        extra = set(m) - {"role", "content", "name"}
+        if role not in ("system", "developer", "user", "assistant", "tool"):
+            raise ApiError(400, f"{where}.role must be system, user, assistant or tool, got {role!r}", f"{where}.role")
+        extra = set(m) - {"role", "content", "name", "tool_calls", "tool_call_id"}
         if extra:
             raise ApiError(400, f"{where} has unsupported field '{sorted(extra)[0]}'", where)
         content = m.get("content")
+        if role == "assistant" and m.get("tool_calls"):
+            calls = m["tool_calls"]
+            if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                                      and isinstance(c["function"].get("name"), str) for c in calls):
+                raise ApiError(400, f"{where}.tool_calls must be [{{'id', 'type': 'function', 'function': "
+                                    "{'name', 'arguments'}}]", f"{where}.tool_calls")
+            out.append({"role": "assistant", "content": _text(content, where) if isinstance(content, str) else "",
+                        "tool_calls": calls})
+            continue
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             parts = []
             for j, p in enumerate(content):
@@ -270,7 +299,7 @@ def _prompt(body: dict) -> str | list[int]:
 
 
 # --- responses ------------------------------------------------------------------------------------------
-FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop", "tool_calls": "tool_calls"}
 
 
 def new_id(kind: str) -> str:
@@ -289,18 +318,35 @@ def usage(prompt_tokens: int, completion_tokens: int, cached: int,
     return u
 
 
-def response(kind: str, rid: str, model: str, text: str, finish: str, use: dict,
-             logprobs: dict | None = None) -> dict[str, Any]:
+def response(kind: str, rid: str, model: str, text: str | None, finish: str, use: dict,
+             logprobs: dict | None = None, tool_calls: list | None = None) -> dict[str, Any]:
     created = int(time.time())
     if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                  "finish_reason": FINISH[finish]}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        choice = {"index": 0, "message": message, "logprobs": logprobs,
+                  "finish_reason": "tool_calls" if tool_calls else FINISH[finish]}
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": FINISH[finish]}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": use,
             "system_fingerprint": "qwen-edge"}
+
+
+def tool_call_chunks(kind: str, rid: str, model: str, calls: list) -> list[dict[str, Any]]:
+    """OpenAI's streamed tool calls: per call a delta with its id and name, then one with the arguments."""
+    out = []
+    for i, c in enumerate(calls):
+        for d in ({"index": i, "id": c["id"], "type": "function", "function": {"name": c["function"]["name"],
+                                                                              "arguments": ""}},
+                  {"index": i, "function": {"arguments": c["function"]["arguments"]}}):
+            out.append({"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                        "system_fingerprint": "qwen-edge",
+                        "choices": [{"index": 0, "delta": {"tool_calls": [d]}, "logprobs": None,
+                                     "finish_reason": None}]})
+    return out
 
 
 def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None = None, first: bool = False,
