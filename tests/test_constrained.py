@@ -144,8 +144,17 @@ def test_openai_client_json_schema_over_http(tiny):
             c.chat.completions.create(model=s.model, messages=msgs, max_tokens=20, response_format={
                 "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
         assert "json schema" in str(e.value).lower()
-        with pytest.raises(openai.BadRequestError):
-            c.chat.completions.create(model=s.model, messages=msgs, max_tokens=20, response_format={"type": "xml"})
+        bad = [dict(response_format={"type": "xml"}),
+               dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                   "type": "array", "items": {"type": "integer"}, "uniqueItems": True}}}),  # cannot be enforced
+               dict(tools=[{"type": "function", "function": {"description": "no name"}}]),
+               dict(tools=[{"type": "function", "function": {"name": "f"}}],
+                    tool_choice={"type": "function", "function": {"name": "unknown"}})]
+        for kw in bad:
+            with pytest.raises(openai.BadRequestError) as e:
+                c.chat.completions.create(model=s.model, messages=msgs, max_tokens=20, **kw)
+            assert e.value.status_code == 400 and e.value.body and e.value.body.get("message"), kw
+        assert c.chat.completions.create(model=s.model, messages=msgs, max_tokens=3).choices  # still serving
     finally:
         assert s.stop() == 0
 
@@ -179,6 +188,36 @@ def test_tool_calls_api_and_openai_client(real_int4):
             jsonschema.validate(json.loads(c["function"]["arguments"]), schemas[c["function"]["name"]])
         if isinstance(choice, dict):
             assert {c["function"]["name"] for c in r.tool_calls} == {"get_time"}
+    # a two-tool conversation: weather, its result, then the time, its result, then the answer
+    conv = [{"role": "user", "content": "What's the weather in Paris?"}]
+    for follow_up, result in (("And what time is it there?", {"temp_c": 21, "sky": "clear"}), (None, {"time": "14:05"})):
+        r = m.complete(conv, tools=WEATHER, tool_choice="required", temperature=0, max_new_tokens=100)
+        call = r.tool_calls[0]
+        jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
+        print("call:", call["function"]["name"], call["function"]["arguments"])
+        conv += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                 {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)}]
+        if follow_up:
+            conv.append({"role": "user", "content": follow_up})
+    answer = m.complete(conv, tools=WEATHER, tool_choice="none", temperature=0, max_new_tokens=60)
+    print("answer:", answer.text)
+    assert answer.text and not answer.tool_calls
+    # a realistic extraction schema
+    order = {"type": "object", "properties": {
+        "order_id": {"type": "integer"}, "customer": {"type": "string"},
+        "date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+        "items": {"type": "array", "minItems": 1, "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1},
+            "unit_price": {"type": "number", "minimum": 0}}, "required": ["name", "quantity", "unit_price"]}},
+        "currency": {"enum": ["EUR", "USD", "GBP"]}},
+        "required": ["order_id", "customer", "date", "items", "currency"], "additionalProperties": False}
+    text = ("Extract the order as JSON: Order #4711 placed by Jane Doe on 2024-05-01 - 3 x USB-C cable at 4.99 EUR "
+            "each and 1 x charger at 19.90 EUR.")
+    r = m.complete([{"role": "user", "content": text}], json_schema=order, temperature=0, max_new_tokens=200)
+    doc = json.loads(r.text)
+    print("extracted:", json.dumps(doc))
+    jsonschema.validate(doc, order)
+    assert doc["order_id"] == 4711 and doc["currency"] == "EUR" and "Jane" in doc["customer"]
     none = m.complete(msgs, tools=WEATHER, tool_choice="none", temperature=0, max_new_tokens=30)
     assert not none.tool_calls and "<tool_call>" not in none.text
     s = ServerProcess(real_int4, "--ctx", "2048", "--threads", "2")

@@ -71,6 +71,23 @@ def test_openai_client_logprobs_over_http(tiny):
         assert L.token_logprobs[0] is None
         np.testing.assert_allclose(L.token_logprobs[1:n], [e.logprob for e in scored[1:]], atol=1e-6)
         assert "".join(L.tokens) == t.choices[0].text and L.text_offset[1] == len(L.tokens[0])
+        # what `qwen-edge eval` scores: its per-token NLL of the same text is minus the echoed log-probabilities
+        from qwen_edge.eval.model import OnnxLM
+        from qwen_edge.eval.score import score
+        from qwen_edge.eval.windows import Window
+        ids = np.array(tiny.prompt_ids("The quick brown"), np.int64)
+        stats = score(OnnxLM(tiny.folder).logits, ids, [Window(0, len(ids), 1)], progress=False)
+        np.testing.assert_allclose(L.token_logprobs[1:n], -stats.nll, atol=1e-4)
+        # logprobs against the Python API's own distribution: ordering and a total below 1
+        r = c.chat.completions.create(model=s.model, messages=msgs, max_tokens=6, temperature=0.8, seed=5,
+                                      logprobs=True, top_logprobs=5)
+        for x in r.choices[0].logprobs.content:
+            tops = [y.logprob for y in x.top_logprobs]
+            assert tops == sorted(tops, reverse=True) and sum(math.exp(v) for v in tops) <= 1 + 1e-6
+            assert x.logprob <= tops[0] + 1e-9
+        same = tiny.complete(msgs, max_new_tokens=6, temperature=0.8, seed=5, logprobs=5)
+        np.testing.assert_allclose([x.logprob for x in r.choices[0].logprobs.content],
+                                   [e.logprob for e in same.logprobs if e.id not in tiny.stop_token_ids], atol=1e-6)
         import openai
         for bad in (dict(top_logprobs=3), dict(logprobs=True, top_logprobs=21), dict(logprobs="yes")):
             with pytest.raises(openai.BadRequestError):
