@@ -53,7 +53,7 @@ def _node_test(files: list[str], env: dict, timeout: int = 1800) -> str:
 
 def test_node_runtime_against_python_golden(fixtures):
     out = _node_test(["test/runtime.test.js"], {"QWEN_EDGE_JS_FIXTURES": str(fixtures)})
-    assert "# pass 23" in out, out[-3000:]  # every test but the real-model one (test_js_real_model runs it)
+    assert "# pass 25" in out, out[-3000:]  # every test but the real-model one (test_js_real_model runs it)
 
 
 def test_browser_page_in_headless_chromium(fixtures, tmp_path):
@@ -77,5 +77,5 @@ def test_js_real_model_in_node_and_chromium(fixtures, real_int4, real_golden, tm
            "QWEN_EDGE_REAL_GOLDEN": str(real_golden), "QWEN_EDGE_REQUIRE_REAL": "1",
            "QWEN_EDGE_REQUIRE_BROWSER": "1", "QWEN_EDGE_SCREENSHOTS": str(tmp_path)}
     out = _node_test(["test/runtime.test.js", "test/browser.test.js"], env)
-    assert "# skipped 0" in out and "# pass 27" in out, out[-3000:]
+    assert "# skipped 0" in out and "# pass 29" in out, out[-3000:]
     assert (tmp_path / "web-real-int4.png").stat().st_size > 10_000

@@ -6,10 +6,12 @@
 import { QwenEdgeError } from "./errors.js";
 import { argmax, Sampler, samplingParams } from "./sampling.js";
 import { Controller, lookupProposals } from "./speculative.js";
+import { checkTools, forTemplate, parseCalls } from "./tools.js";
 import { StopMatcher, StreamDecoder } from "./text.js";
 
 const OPTIONS = new Set(["maxNewTokens", "temperature", "topK", "topP", "minP", "repetitionPenalty",
-  "frequencyPenalty", "presencePenalty", "seed", "stop", "truncate", "ignoreEos", "signal"]);
+  "frequencyPenalty", "presencePenalty", "seed", "stop", "truncate", "ignoreEos", "signal", "logprobs", "tools",
+  "toolChoice"]);
 const ROLES = new Set(["system", "user", "assistant", "tool"]);
 
 /** The chat template text: tokenizer_config.json's chat_template, else chat_template.jinja. */
@@ -73,17 +75,17 @@ export class Model {
   }
 
   /** The chat as the prompt text the model sees (the model's own template). */
-  render(messages, { addGenerationPrompt = true } = {}) {
+  render(messages, { addGenerationPrompt = true, tools = null } = {}) {
     if (!this.template) throw new QwenEdgeError("this model has no chat template: pass raw text or token ids");
-    return this.template.render({ messages: checkMessages(messages), add_generation_prompt: addGenerationPrompt,
-      tools: null, documents: null });
+    return this.template.render({ messages: forTemplate(checkMessages(messages)), add_generation_prompt: addGenerationPrompt,
+      tools, documents: null });
   }
 
-  /** A prompt (text, chat messages or token ids) as token ids. */
-  promptIds(prompt) {
+  /** A prompt (text, chat messages or token ids) as token ids; `tools` rendered by the template. */
+  promptIds(prompt, tools = null) {
     if (typeof prompt === "string") return this.encode(checkText(prompt, "the prompt"));
     if (Array.isArray(prompt) && prompt.length && prompt.every((m) => m && typeof m === "object" && !Array.isArray(m))) {
-      return this.encode(this.render(prompt), { addSpecialTokens: false });
+      return this.encode(this.render(prompt, { tools }), { addSpecialTokens: false });
     }
     if (Array.isArray(prompt) && prompt.every((t) => Number.isInteger(t))) {
       const bad = prompt.find((t) => t < 0 || t >= this.spec.vocab_size);
@@ -112,17 +114,32 @@ export class Model {
     checkOptions(options);
     const maxNew = checkMaxNew(options.maxNewTokens ?? 512);
     const params = samplingParams(this.generationConfig, options);
-    const ids = this.fit(this.promptIds(prompt), maxNew, !!options.truncate);
+    const top = options.logprobs ?? null;
+    if (top !== null && !(Number.isInteger(top) && top >= 0 && top <= 20)) {
+      throw new QwenEdgeError(`logprobs must be an integer in 0..20 (the alternatives to return), got ${top}`);
+    }
+    let tools = options.tools ? checkTools(options.tools) : null;
+    if (options.toolChoice !== undefined && !["auto", "none"].includes(options.toolChoice)) {
+      throw new QwenEdgeError("toolChoice in JavaScript is 'auto' or 'none' ('required' and named functions need " +
+        "constrained decoding, which the JS package lacks: use the server)");
+    }
+    if (options.toolChoice === "none") tools = null;
+    const ids = this.fit(this.promptIds(prompt, tools), maxNew, !!options.truncate);
     const cache = this._idle.pop() || this.backend.newCache(this.maxLength);
     cache.reset();
     cache.append(ids);
-    return new TextStream(this, cache, new Sampler(params), { maxNew, stops: options.stop, ignoreEos: options.ignoreEos,
+    return new TextStream(this, cache, new Sampler(params, top), { maxNew, stops: options.stop, ignoreEos: options.ignoreEos,
       signal: options.signal, t0, onDone: () => { if (this._idle.length < 2) this._idle.push(cache); } });
   }
 
   async complete(prompt, options = {}) {
     const s = this.stream(prompt, options);
     for await (const _ of s); // eslint-disable-line no-unused-vars
+    if (options.tools && options.toolChoice !== "none") {
+      const [content, calls] = parseCalls(s.result.text, checkTools(options.tools).map((t) => t.function.name));
+      s.result.content = content;
+      s.result.toolCalls = calls;
+    }
     return s.result;
   }
 
@@ -180,7 +197,7 @@ export class TextStream {
       let t = now();
       let logits = await this.model._forward(this.cache);
       tm.prefillS = now() - t;
-      if (this.model.lookup && this.sampler.greedy) {
+      if (this.model.lookup && this.sampler.greedy && this.sampler.topLogprobs === null) {
         tm.speculative = { proposed: 0, accepted: 0, passes: 0, tokens: 0 };
         const spec = this._lookup(logits, start, tm, tokens, decoder, text);
         let r;
@@ -193,7 +210,7 @@ export class TextStream {
         sp.tokensPerPass = sp.passes ? sp.tokens / sp.passes : 0;
         delete sp.tokens;
       } else for (let i = 0; i < this.maxNew; i++) {
-        const tok = this.sampler.greedy && !penalty ? argmax(logits)
+        const tok = this.sampler.greedy && !penalty && this.sampler.topLogprobs === null ? argmax(logits)
           : this.sampler.sample(logits, penalty ? this.cache.ids : null, penalty ? this.cache.ids.slice(start) : null);
         this.cache.push(tok);
         tokens.push(tok);
@@ -220,6 +237,7 @@ export class TextStream {
       tm.prefillTps = tm.prefillS > 0 ? tm.promptTokens / tm.prefillS : 0;
       tm.decodeTps = tm.newTokens > 1 && tm.decodeS > 0 ? (tm.newTokens - 1) / tm.decodeS : 0;
       this.result = { text: text.join(""), tokens, finishReason: reason, timings: tm };
+      if (this.sampler.topLogprobs !== null) this.result.logprobs = this.sampler.log;
       this.done = true;
       this.onDone?.(this);
     }

@@ -54,9 +54,11 @@ function rng(seed) {
 }
 
 export class Sampler {
-  constructor(params) {
+  constructor(params, topLogprobs = null) {
     this.params = params;
     this.random = rng(params.seed);
+    this.topLogprobs = topLogprobs;
+    this.log = [];
   }
 
   get greedy() {
@@ -68,8 +70,20 @@ export class Sampler {
     return p.repetitionPenalty !== 1 || p.frequencyPenalty !== 0 || p.presencePenalty !== 0;
   }
 
-  /** The next token id. history: every id so far; generated: the ids this call generated. */
+  /**
+   * The next token id. history: every id so far; generated: the ids this call generated. With
+   * `topLogprobs` set (0..20), each draw's log-probability and that many alternatives go to `log`: from the
+   * distribution drawn from before truncation (penalties and temperature applied; temperature 1 when greedy),
+   * as qwen_edge/runtimes/logprobs.py.
+   */
   sample(logits, history = null, generated = null) {
+    const x = this._penalized(logits, history, generated);
+    const tok = this._pick(x);
+    if (this.topLogprobs !== null && this.topLogprobs !== undefined) this.log.push(logprobEntry(x, tok, this.params.temperature || 1, this.topLogprobs));
+    return tok;
+  }
+
+  _penalized(logits, history, generated) {
     const p = this.params;
     let x = logits;
     if (this.needsHistory) {
@@ -83,6 +97,11 @@ export class Sampler {
         for (const [id, c] of counts) x[id] -= p.frequencyPenalty * c + p.presencePenalty;
       }
     }
+    return x;
+  }
+
+  _pick(x) {
+    const p = this.params;
     if (this.greedy) return argmax(x);
     const n = x.length;
     let max = -Infinity;
@@ -140,6 +159,27 @@ export class Sampler {
     for (let j = w.length - 1; j >= 0; j--) if (w[j] > 0) return ids ? ids[j] : j;
     return argmax(x);
   }
+}
+
+/** {id, logprob, top: [[id, logprob], ...]} of token `tok` under log-softmax(x / t). */
+export function logprobEntry(x, tok, t, top) {
+  let max = -Infinity;
+  for (let i = 0; i < x.length; i++) if (x[i] > max) max = x[i];
+  let sum = 0;
+  for (let i = 0; i < x.length; i++) sum += Math.exp((x[i] - max) / t);
+  const lse = max / t + Math.log(sum);
+  const lp = (i) => x[i] / t - lse;
+  const best = [];
+  if (top > 0) {  // the `top` largest, by a small insertion list
+    for (let i = 0; i < x.length; i++) {
+      if (best.length < top || x[i] > x[best[best.length - 1]]) {
+        let j = best.length < top ? best.length : top - 1;
+        best[j] = i;
+        while (j > 0 && x[best[j]] > x[best[j - 1]]) { const s = best[j]; best[j] = best[j - 1]; best[j - 1] = s; j--; }
+      }
+    }
+  }
+  return { id: tok, logprob: lp(tok), top: best.map((i) => [i, lp(i)]) };
 }
 
 export function argmax(x) {

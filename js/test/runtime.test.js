@@ -122,6 +122,47 @@ test("lookup (prompt-lookup speculative decoding): the same greedy tokens as pla
     (e) => e instanceof QwenEdgeError && /lookup/.test(e.message));
 });
 
+test("logprobs: each token's log-probability and its alternatives, the greedy tokens unchanged", async () => {
+  const name = Object.keys(golden)[0];
+  const m = await model(name);
+  const g = golden[name].generate[0];
+  const r = await m.complete(g.prompt, { maxNewTokens: g.max_new_tokens, temperature: 0, logprobs: 3 });
+  assert.deepEqual(r.tokens, g.tokens);
+  assert.equal(r.logprobs.length, r.tokens.length);
+  for (const [i, e] of r.logprobs.entries()) {
+    assert.equal(e.id, r.tokens[i]);
+    assert.equal(e.top[0][0], e.id); // greedy: the most likely
+    assert.ok(e.top.every((t, j) => j === 0 || t[1] <= e.top[j - 1][1]));
+    assert.ok(e.top.reduce((a, t) => a + Math.exp(t[1]), 0) <= 1 + 1e-9 && e.logprob <= 0);
+  }
+  const s = await m.complete(g.prompt, { maxNewTokens: 5, temperature: 0.7, seed: 1, logprobs: 0 });
+  assert.ok(s.logprobs.every((e) => e.top.length === 0 && e.logprob <= 0));
+  await assert.rejects(m.complete(g.prompt, { logprobs: 21 }), (e) => e instanceof QwenEdgeError && /logprobs/.test(e.message));
+});
+
+test("tools: rendered by the template, calls parsed (a <tool_call> block or a bare JSON call)", async () => {
+  const { parseCalls, checkTools } = await import("../src/tools.js");
+  const tools = [{ type: "function", function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } } } } }];
+  const [rest, calls] = parseCalls('Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', ["get_weather"]);
+  assert.equal(rest, "Sure.");
+  assert.equal(calls[0].function.name, "get_weather");
+  assert.deepEqual(JSON.parse(calls[0].function.arguments), { city: "Paris" });
+  assert.ok(calls[0].id.startsWith("call_"));
+  const [r2, c2] = parseCalls('```json\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n```', ["get_weather"]);
+  assert.equal(r2, null);
+  assert.equal(c2.length, 1);
+  assert.deepEqual(parseCalls("no call here", ["get_weather"]), ["no call here", []]);
+  assert.throws(() => checkTools([{ type: "function", function: { description: "no name" } }]), QwenEdgeError);
+  const name = Object.keys(golden)[0];
+  const m = await model(name);
+  const msgs = [{ role: "user", content: "weather?" }];
+  const text = m.render(msgs, { tools: checkTools(tools) });
+  if (/tools/.test(m.templateText)) assert.ok(text.includes("get_weather"));
+  const r = await m.complete(msgs, { maxNewTokens: 4, temperature: 0, tools });
+  assert.ok(Array.isArray(r.toolCalls));
+  await assert.rejects(m.complete(msgs, { tools, toolChoice: "required" }), (e) => e instanceof QwenEdgeError && /server/.test(e.message));
+});
+
 test("sampling with a seed is reproducible (and seeds differ)", async () => {
   const m = await model("qwen2-fp32");
   const opts = { maxNewTokens: 20, temperature: 1.0, topK: 50, topP: 0.95, minP: 0.01, repetitionPenalty: 1.1,

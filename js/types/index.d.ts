@@ -24,6 +24,26 @@ export interface GenerateOptions {
   truncate?: boolean;             // cut a too-long prompt from the left instead of failing
   ignoreEos?: boolean;
   signal?: AbortSignal;           // stops the generation after the current token
+  logprobs?: number;              // 0..20: Result.logprobs gets each token's log-probability and N alternatives
+  tools?: Tool[];                 // rendered by the model's template; complete() parses the calls
+  toolChoice?: "auto" | "none";   // "required" / a named function need constrained decoding: use the server
+}
+
+export interface Tool {
+  type: "function";
+  function: { name: string; description?: string; parameters?: Record<string, unknown> };
+}
+
+export interface ToolCall {
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
+}
+
+export interface TokenLogprob {
+  id: number;
+  logprob: number;
+  top: [number, number][];        // [token id, log-probability], most likely first
 }
 
 export interface Timings {
@@ -45,6 +65,9 @@ export interface Result {
   tokens: number[];
   finishReason: "eos" | "stop" | "length" | "cancelled";
   timings: Timings;
+  logprobs?: TokenLogprob[];      // with the logprobs option
+  toolCalls?: ToolCall[];         // with tools (complete())
+  content?: string | null;        // with tools: the text outside the calls
 }
 
 export class TextStream implements AsyncIterable<string> {
