@@ -98,7 +98,7 @@ def test_cli_json_schema_and_errors(tiny, tmp_path):
     f = tmp_path / "schema.json"
     f.write_text(json.dumps(SCHEMA))
     p = subprocess.run([sys.executable, "-m", "qwen_edge.cli", "run", str(tiny.folder), "-p", "hi", "--raw",
-                        "--json-schema", str(f), "--max-new-tokens", "400", "--temperature", "0", "--json"],
+                        "--json-schema", str(f), "--max-new-tokens", "400", "--temperature", "1", "--seed", "0", "--json"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     jsonschema.validate(json.loads(json.loads(p.stdout)["text"]), SCHEMA)
