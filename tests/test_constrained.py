@@ -233,6 +233,7 @@ def test_tool_calls_api_and_openai_client(real_int4):
                                                temperature=0, max_tokens=100, stream=True))
         deltas = [d for p in parts if p.choices and p.choices[0].delta.tool_calls for d in p.choices[0].delta.tool_calls]
         assert deltas[0].id and deltas[0].function.name == "get_weather"
+        assert len(deltas) > 3  # the arguments arrive in pieces, as they are written
         assert json.loads("".join(d.function.arguments or "" for d in deltas)) == json.loads(call.function.arguments)
         assert [p.choices[0].finish_reason for p in parts if p.choices][-1] == "tool_calls"
         back = msgs + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
@@ -244,3 +245,32 @@ def test_tool_calls_api_and_openai_client(real_int4):
                                       tool_choice={"type": "function", "function": {"name": "nope"}})
     finally:
         assert s.stop() == 0
+
+
+@pytest.mark.parametrize("step", [1, 2, 5, 100])
+def test_call_stream_splits_content_and_calls_as_text_arrives(step):
+    """The server's streamed tool calls (CallStream) give the same calls and content as parsing the whole
+    reply, however the text is cut into pieces."""
+    from qwen_edge.runtimes.tools import CallStream, parse_calls
+    names = ["get_weather", "get_time"]
+    for text in ['Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "x": {"a": 1}}}\n'
+                 '</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {"city": "Paris"}}\n</tool_call>\n',
+                 '```json\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n```', "Hello there,  no calls.",
+                 '<tool_call>\n{"arguments": {"city": "Rome"}, "name": "get_weather"}\n</tool_call>',
+                 '{"a": 1} is json', 'a < b <tool and <tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>']:
+        cs = CallStream(names)
+        ev = []
+        for i in range(0, len(text), step):
+            ev += cs.feed(text[i:i + step])
+        ev += cs.finish()
+        content = "".join(e[1] for e in ev if e[0] == "content") or None
+        calls: dict = {}
+        for e in ev:
+            if e[0] == "call":
+                calls[e[1]] = [e[3], ""]
+            elif e[0] == "arguments":
+                calls[e[1]][1] += e[2]
+        want_content, want_calls = parse_calls(text, names)
+        assert [(n, json.loads(a)) for n, a in calls.values()] == \
+            [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in want_calls]
+        assert content == (want_content.strip() if want_content else None) or (not want_calls and content == text)

@@ -122,3 +122,110 @@ def for_template(messages: list[dict]) -> list[dict]:
             m = {**m, "content": m.get("content") or "", "tool_calls": calls}
         out.append(m)
     return out
+
+
+_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"([^"\\]*)"\s*,\s*"arguments"\s*:\s*', re.S)
+CLOSE = "</tool_call>"
+
+
+class CallStream:
+    """Turns a streamed reply into OpenAI's streamed events as the text arrives: ("content", text),
+    ("call", index, id, name) and ("arguments", index, text). A <tool_call> block's arguments stream as they
+    are written (the wrapper's closing brace held back until </tool_call> shows which brace it is); a reply that
+    starts like a bare JSON call ("{" or a ``` fence) is held to the end and then parsed as parse_calls does."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.buf = ""
+        self.mode = "start"  # start | text | head | args | whole
+        self.calls = 0
+        self.emitted = False
+
+    def feed(self, piece: str) -> list[tuple]:
+        self.buf += piece
+        out: list[tuple] = []
+        while True:
+            before = (self.mode, len(self.buf))
+            if self.mode == "start":
+                s = self.buf.lstrip()
+                if not s:
+                    return out
+                if s.startswith("{") or s.startswith("```"):
+                    self.mode = "whole"
+                elif len(s) < len(OPEN) and (OPEN.startswith(s) or "```".startswith(s)):
+                    return out  # could still become <tool_call> or a fence
+                else:
+                    self.mode = "text"
+            if self.mode == "whole":
+                return out
+            if self.mode == "text":
+                i = self.buf.find(OPEN)
+                if i >= 0:
+                    if self.buf[:i].strip():
+                        out.append(("content", self.buf[:i].rstrip()))
+                    self.buf, self.mode = self.buf[i + len(OPEN):], "head"
+                else:  # held back: a possible start of the tag, and trailing blank space (none between calls)
+                    keep = _partial_suffix(self.buf, OPEN)
+                    cut = len(self.buf[:len(self.buf) - keep].rstrip())
+                    if cut > 0 and self.buf[:cut].strip():
+                        out.append(("content", self.buf[:cut]))
+                        self.buf = self.buf[cut:]
+                    return out
+            if self.mode == "head":
+                m = _HEAD.match(self.buf)
+                if m:
+                    out.append(("call", self.calls, "call_" + uuid.uuid4().hex[:24], m.group(1)))
+                    self.buf, self.mode = self.buf[m.end():], "args"
+                elif CLOSE in self.buf:  # a block in another layout: parsed whole
+                    block, _, self.buf = self.buf.partition(CLOSE)
+                    out += self._whole_block(block)
+                    self.mode = "text"
+                else:
+                    return out
+            if self.mode == "args":
+                i = self.buf.find(CLOSE)
+                if i >= 0:
+                    args = self.buf[:i].rstrip()
+                    args = args[:-1].rstrip() if args.endswith("}") else args  # the wrapper's own brace
+                    if args:
+                        out.append(("arguments", self.calls, args))
+                    self.calls += 1
+                    self.buf, self.mode = self.buf[i + len(CLOSE):], "text"
+                else:
+                    j = self.buf.rfind("}")  # the last brace may be the wrapper's: held back
+                    if j > 0:
+                        out.append(("arguments", self.calls, self.buf[:j]))
+                        self.buf = self.buf[j:]
+                    return out
+            if (self.mode, len(self.buf)) == before:
+                return out
+
+    def _whole_block(self, block: str) -> list[tuple]:
+        _, calls = parse_calls(OPEN + block + CLOSE)
+        out = []
+        for c in calls:
+            out += [("call", self.calls, c["id"], c["function"]["name"]),
+                    ("arguments", self.calls, c["function"]["arguments"])]
+            self.calls += 1
+        return out
+
+    def finish(self) -> list[tuple]:
+        if self.mode == "whole":
+            rest, calls = parse_calls(self.buf, self.names)
+            out: list[tuple] = [("content", rest)] if rest and not calls else []
+            for c in calls:
+                out += [("call", self.calls, c["id"], c["function"]["name"]),
+                        ("arguments", self.calls, c["function"]["arguments"])]
+                self.calls += 1
+            return out
+        if self.mode in ("text", "start") and self.buf.strip():
+            return [("content", self.buf.rstrip() if self.calls else self.buf)]
+        return []
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """The length of the longest end of `text` that begins `tag` (held back: it may become the tag)."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-n:]):
+            return n
+    return 0

@@ -251,6 +251,13 @@ class Handler(BaseHTTPRequestHandler):
         text, calls = self._calls(req, text)
         self._json(200, P.response(kind, P.new_id(kind), self.server.model_id, text, reason, use, lp, calls))
 
+    def _call_events(self, kind: str, rid: str, mid: str, events: list[tuple]) -> None:
+        for e in events:
+            if e[0] == "content":
+                self._event(P.chunk(kind, rid, mid, e[1]))
+            else:
+                self._event(P.tool_call_delta(rid, mid, e))
+
     def _calls(self, req: P.Request, text: str) -> tuple[str | None, list]:
         """The reply's tool calls (Qwen's <tool_call> blocks, or a bare JSON call) and the rest of its text."""
         if req.tools is None or req.tool_choice == "none":
@@ -290,8 +297,13 @@ class Handler(BaseHTTPRequestHandler):
             self._event(P.chunk(kind, rid, mid, prompt_text, logprobs=self._logprobs(req, kind, [], first=True)))
             first = False
         tools_on = req.tools is not None and req.tool_choice != "none"
+        calls_stream = None
+        if tools_on:  # content and tool calls as they are written (runtimes/tools.py CallStream)
+            from ..runtimes.tools import CallStream
+            calls_stream = CallStream([t["function"]["name"] for t in req.tools])
         for piece in stream:
-            if tools_on:  # a reply that may be a tool call is sent when complete (as calls or as text)
+            if calls_stream is not None:
+                self._call_events(kind, rid, mid, calls_stream.feed(piece))
                 continue
             lp = None
             if req.logprobs is not None:  # the tokens drawn since the last piece
@@ -303,16 +315,10 @@ class Handler(BaseHTTPRequestHandler):
         reason = self._finish_reason(r)
         if reason is None:
             return
-        if tools_on:
-            text, calls = self._calls(req, r.text)
-            if calls:
-                for c in P.tool_call_chunks(kind, rid, mid, calls):
-                    self._event(c)
+        if calls_stream is not None:
+            self._call_events(kind, rid, mid, calls_stream.finish())
+            if calls_stream.calls:
                 reason = "tool_calls"
-            elif text:
-                lp = self._logprobs(req, kind, r.logprobs or [], first) if req.logprobs is not None else None
-                sent = len(r.logprobs or [])
-                self._event(P.chunk(kind, rid, mid, text, logprobs=lp))
         rest = self._logprobs(req, kind, (r.logprobs or [])[sent:], first) if req.logprobs is not None else None
         self._event(P.chunk(kind, rid, mid, None, reason, logprobs=rest))
         if req.include_usage:

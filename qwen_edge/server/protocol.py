@@ -335,18 +335,16 @@ def response(kind: str, rid: str, model: str, text: str | None, finish: str, use
             "system_fingerprint": "qwen-edge"}
 
 
-def tool_call_chunks(kind: str, rid: str, model: str, calls: list) -> list[dict[str, Any]]:
-    """OpenAI's streamed tool calls: per call a delta with its id and name, then one with the arguments."""
-    out = []
-    for i, c in enumerate(calls):
-        for d in ({"index": i, "id": c["id"], "type": "function", "function": {"name": c["function"]["name"],
-                                                                              "arguments": ""}},
-                  {"index": i, "function": {"arguments": c["function"]["arguments"]}}):
-            out.append({"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-                        "system_fingerprint": "qwen-edge",
-                        "choices": [{"index": 0, "delta": {"tool_calls": [d]}, "logprobs": None,
-                                     "finish_reason": None}]})
-    return out
+def tool_call_delta(rid: str, model: str, event: tuple) -> dict[str, Any]:
+    """OpenAI's streamed tool call: ("call", index, id, name) opens a call, ("arguments", index, text) adds to
+    its arguments (runtimes/tools.py CallStream)."""
+    if event[0] == "call":
+        d = {"index": event[1], "id": event[2], "type": "function", "function": {"name": event[3], "arguments": ""}}
+    else:
+        d = {"index": event[1], "function": {"arguments": event[2]}}
+    return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "system_fingerprint": "qwen-edge",
+            "choices": [{"index": 0, "delta": {"tool_calls": [d]}, "logprobs": None, "finish_reason": None}]}
 
 
 def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None = None, first: bool = False,
