@@ -218,6 +218,9 @@ def test_tool_calls_api_and_openai_client(real_int4):
     print("extracted:", json.dumps(doc))
     jsonschema.validate(doc, order)
     assert doc["order_id"] == 4711 and doc["currency"] == "EUR" and "Jane" in doc["customer"]
+    chat = m.chat(temperature=0, max_new_tokens=200)  # a chat turn under a schema, then a free one
+    jsonschema.validate(json.loads(chat.say(text, json_schema=order, logprobs=1)), order)
+    assert chat.last.logprobs and chat.say("Thanks! One word: which currency?", max_new_tokens=8)
     none = m.complete(msgs, tools=WEATHER, tool_choice="none", temperature=0, max_new_tokens=30)
     assert not none.tool_calls and "<tool_call>" not in none.text
     s = ServerProcess(real_int4, "--ctx", "2048", "--threads", "2")

@@ -21,7 +21,8 @@ from .sampler import Sampler
 
 _SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
              "presence_penalty", "seed")
-_OPTIONS = ("max_new_tokens", "stop", "truncate", "ignore_eos") + _SAMPLING
+_CONSTRAINTS = ("json_schema", "json_object", "regex", "grammar")
+_OPTIONS = ("max_new_tokens", "stop", "truncate", "ignore_eos", "logprobs") + _SAMPLING + _CONSTRAINTS
 
 
 class Chat:
@@ -77,6 +78,10 @@ class Chat:
         opts = {**self.defaults, **options}
         max_new = check_max_new_tokens(opts.get("max_new_tokens", 512))
         params = self.model.sampling(**{k: opts.get(k) for k in _SAMPLING})
+        # a reply constrained to a schema or grammar, or with log-probabilities (then no speculation)
+        constraint = self.model.constraint(**{k: opts[k] for k in _CONSTRAINTS if opts.get(k) is not None})
+        from .logprobs import check_top
+        top = check_top(opts.get("logprobs"))
         messages, keep, new = self._fit(self.messages + [{"role": "user", "content": content}], max_new,
                                         bool(opts.get("truncate")))
         self.runner.truncate(keep)
@@ -87,10 +92,11 @@ class Chat:
             self.last = stream.result
             self.messages = messages + [{"role": "assistant", "content": stream.result.text}]
 
-        return TextStream(self.runner, Sampler(params), self.model.tokenizer, max_new_tokens=max_new,
+        plain = constraint is not None or top is not None
+        return TextStream(self.runner, Sampler(params, constraint, top), self.model.tokenizer, max_new_tokens=max_new,
                           stop_ids=self.model.stop_token_ids, stops=opts.get("stop"),
                           ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done,
-                          proposer=self.model._proposer(self.runner.history.tolist(), max_new))
+                          proposer=None if plain else self.model._proposer(self.runner.history.tolist(), max_new))
 
     # ------------------------------------------------------------------ internals
     def _new_ids(self, text: str) -> tuple[int, list[int]]:
