@@ -109,7 +109,7 @@ BAD = [  # (what, method, path, body, headers, status, words)
     ("n=2", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}], "n": 2},
      {}, 400, "'n' = 2 is not supported"),
     ("tools", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}],
-                                               "tools": [{"type": "function"}]}, {}, 400, "'tools'"),
+                                               "tools": [{"type": "function"}]}, {}, 400, "a tool needs a name"),
     ("image", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, {}, 400, "only text parts"),
     ("unknown field", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}],

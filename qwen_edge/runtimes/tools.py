@@ -29,8 +29,8 @@ def check_tools(tools: Any) -> list[dict]:
     for i, t in enumerate(tools):
         f = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
         if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", f["name"]):
-            raise QwenEdgeError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': a-z, 0-9, _ . - "
-                                "(up to 64), 'description', 'parameters'}}}}")
+            raise QwenEdgeError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name' (a-z, 0-9, _ . -, "
+                                f"up to 64 characters), 'description', 'parameters'}}}}: a tool needs a name")
         params = f.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(params, dict):
             raise QwenEdgeError(f"tools[{i}].function.parameters must be a JSON schema object")
@@ -191,8 +191,10 @@ class CallStream:
                         out.append(("arguments", self.calls, args))
                     self.calls += 1
                     self.buf, self.mode = self.buf[i + len(CLOSE):], "text"
-                else:
-                    j = self.buf.rfind("}")  # the last brace may be the wrapper's: held back
+                else:  # held back: a possible start of </tool_call>, and before it a closing brace that may be
+                    # the wrapper's, with blank space
+                    base = self.buf[:len(self.buf) - _partial_suffix(self.buf, CLOSE)]
+                    j = re.search(r"\}?\s*$", base).start()
                     if j > 0:
                         out.append(("arguments", self.calls, self.buf[:j]))
                         self.buf = self.buf[j:]
