@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import select
 import socket
 import sys
@@ -31,8 +30,6 @@ from .lifecycle import GracefulServer, StopSignals
 # Deepest nesting of arrays and objects a request body may have. Checked on the raw bytes before parsing, so
 # a 100,000-deep array is a 400 and never reaches the parser's recursion limit. JSON schemas rarely pass 20.
 MAX_JSON_DEPTH = 128
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 class Server(GracefulServer):
@@ -213,9 +210,9 @@ class Handler(BaseHTTPRequestHandler):
         stream = None
         cut = self.server.cut
         try:
-            self._prompt_lp = None
+            self._echo_lp = []
             if req.echo and req.logprobs is not None:  # the prompt's own log-probabilities (evaluation harnesses)
-                self._prompt_lp = model.prompt_logprobs(ids, req.logprobs)
+                self._echo_lp = [("first", ids[0])] + model.prompt_logprobs(ids, req.logprobs)[1:]
             stream = eng.generate(ids, max_new_tokens=max_new, params=params, stop=req.stop,
                                   cancel=lambda: cut.is_set() or self._gone(), constraint=constraint,
                                   top_logprobs=req.logprobs)
@@ -274,10 +271,7 @@ class Handler(BaseHTTPRequestHandler):
         entries = [e for e in entries if e.id not in model.stop_token_ids]
         if kind == "chat":
             return P.chat_logprobs(entries, model.tokenizer)
-        if first and req.echo and self._prompt_lp is not None:
-            ids = model.prompt_ids(req.prompt)
-            entries = [("first", ids[0])] + self._prompt_lp[1:] + entries
-        return P.completion_logprobs(entries, model.tokenizer)
+        return P.completion_logprobs((self._echo_lp if first else []) + entries, model.tokenizer)
 
     def _send_stream(self, req: P.Request, kind: str, stream: Any) -> None:
         rid, mid = P.new_id(kind), self.server.model_id
@@ -364,7 +358,7 @@ class Handler(BaseHTTPRequestHandler):
         if len(raw) < n:
             self.close_connection = True
             raise P.ApiError(400, f"the request body ended after {len(raw)} of its {n} bytes")
-        depth = json_depth(raw)
+        depth = P.json_depth(raw)
         if depth > MAX_JSON_DEPTH:
             raise P.ApiError(400, f"the request body nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
         try:
@@ -435,20 +429,6 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.log_lock:
             print(f"{self.client_address[0]} {self.command} {self.path} {self._status}{self._tokens} {ms:.0f} ms",
                   file=self.server.log, flush=True)
-
-
-def json_depth(raw: bytes) -> int:
-    """How deep arrays and objects nest in a JSON text, brackets inside strings not counted.
-
-    No recursion and no per-byte Python loop: strings are blanked by a regex, every byte but brackets is
-    dropped, and the running depth is a cumulative sum (1 MiB of '[' takes a few milliseconds)."""
-    import numpy as np
-    b = _JSON_STRING.sub(b'""', raw).translate(None, _BRACKETS)
-    if not b:
-        return 0
-    a = np.frombuffer(b, np.uint8)
-    steps = np.where((a == ord("[")) | (a == ord("{")), 1, -1).astype(np.int32)
-    return int(np.cumsum(steps).max())
 
 
 def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
