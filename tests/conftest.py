@@ -57,3 +57,15 @@ def real_hf(example_gguf):
 
 def manifest(folder: Path) -> dict:
     return json.loads((folder / "qwen_edge.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_2k(tmp_path_factory):
+    """A tiny random Qwen2 model exported with a 2,048-token context, loaded (constrained decoding, logprobs)."""
+    from qwen_edge.export.writer import export
+    from qwen_edge.runtimes.model import Model
+    from tiny_models import make_tiny
+    root = tmp_path_factory.mktemp("tiny2k")
+    _, folder = make_tiny(root / "hf", max_position_embeddings=2048)
+    export(str(folder), root / "onnx", max_length=2048, progress=False)
+    return Model.load(root / "onnx", threads=2)

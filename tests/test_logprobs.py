@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 
 from qwen_edge.errors import QwenEdgeError
-from qwen_edge.export.writer import export
-from qwen_edge.runtimes.model import Model
-from tiny_models import make_tiny
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("logprobs")
-    _, folder = make_tiny(root / "hf", max_position_embeddings=2048)
-    export(str(folder), root / "onnx", max_length=2048, progress=False)
-    return Model.load(root / "onnx", threads=2)
+def tiny(tiny_2k):
+    return tiny_2k
 
 
 def test_generated_logprobs_equal_scoring_the_same_text(tiny):
@@ -43,7 +37,6 @@ def test_generated_logprobs_equal_scoring_the_same_text(tiny):
 
 
 def test_openai_client_logprobs_over_http(tiny):
-    pytest.importorskip("openai")
     from serve_process import ServerProcess
     s = ServerProcess(tiny.folder, "--ctx", "2048")
     try:

@@ -3,7 +3,6 @@ rollback, and refusals. (The real 0.5B, int4 drafting fp32: test_runtime_real.py
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
