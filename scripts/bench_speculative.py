@@ -117,9 +117,14 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--llama", type=Path, default=Path.home() / ".cache/qwen-edge/bench/llama-cpp-python-0.3.36/build/bin")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--extra-draft", type=Path, default=None,
+                    help="also draft fp32 with this artifact (e.g. a faster uniform int4 file)")
+    ap.add_argument("--only", default=None, help="run only the rows whose target name starts with this (e.g. fp32)")
     a = ap.parse_args()
     q = a.quant
     fp32, int8, int4 = q / "fp32", q / "recommended-int8", q / "speed-410MiB"
+    extra = [] if a.extra_draft is None else [
+        (f"fp32 + draft {a.extra_draft.name}", kind, fp32, {"draft": a.extra_draft}) for kind in ("prose", "code")]
     plan = [
         ("fp32", "prose", fp32, {}), ("fp32 + draft int4", "prose", fp32, {"draft": int4}),
         ("fp32", "code", fp32, {}), ("fp32 + draft int4", "code", fp32, {"draft": int4}),
@@ -127,7 +132,9 @@ def main() -> None:
         ("int8", "prose", int8, {}), ("int8 + draft int4", "prose", int8, {"draft": int4}),
         ("int4 (410 MiB recipe)", "code", int4, {}), ("int4 + lookup 8", "code", int4, {"lookup": 8}),
         ("int4 (410 MiB recipe)", "prose", int4, {}), ("int4 + lookup 8", "prose", int4, {"lookup": 8}),
-    ]
+    ] + extra
+    if a.only:
+        plan = [p for p in plan if p[0].startswith(a.only)]
     results = []
     plain: dict[tuple, dict] = {}
     for name, kind, folder, load in plan:
@@ -148,7 +155,7 @@ def main() -> None:
                "new_tokens": [p["new"] for p in r["prompts"]]}
         results.append(row)
         print(json.dumps(row), f"({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
-    ll = llama_lookup(q / "llama" / "IQ4_NL-imatrix.gguf", a.llama, a.runs, a.new_tokens, int4)
+    ll = None if a.only else llama_lookup(q / "llama" / "IQ4_NL-imatrix.gguf", a.llama, a.runs, a.new_tokens, int4)
     if ll:
         results.append({"name": "llama.cpp IQ4_NL + imatrix, llama-lookup --spec-draft-n-max 8", "prompts": "code",
                         "tps": ll["tps"], "acceptance": statistics.median(p["accept"] for p in ll["prompts"]
