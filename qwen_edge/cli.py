@@ -232,7 +232,7 @@ def quantize_(
     seq_len: int = typer.Option(512, help="tokens per calibration sample"),
     sensitivity_samples: int = typer.Option(16, help="calibration windows for the per-tensor sensitivity (with a target)"),
     seed: int = typer.Option(0, help="seed for choosing the calibration samples"),
-    tie_embeddings: Optional[str] = typer.Option(None, help="store the embedding and LM head once: auto (when the source's two copies agree), on, off (default: auto; off for --bits 8)"),
+    tie_embeddings: Optional[str] = typer.Option(None, help="store the embedding and LM head once: auto (when the source's two copies agree), on, off, residual (the head once, the embedding as the head plus an int4g64 residual when the copies agree; default: auto, residual for --bits 8)"),
     embed_bits: str = typer.Option("8", help="embedding precision: 8, 4 or fp32 (uniform plan)"),
     head_bits: str = typer.Option("8", help="LM head precision: 8, 4 or fp32 (uniform plan)"),
     token_group_size: Optional[int] = typer.Option(None, help="block size of the embedding and LM head (uniform plan; default 128, 32 for --bits 8)"),

@@ -112,11 +112,14 @@ def _value_info(b: bytes) -> tuple[str, list[Dim]]:
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2, 21: 1, 22: 1}
 
 
-def _node(b: memoryview, inputs: list[str] | None = None) -> tuple[str, dict[str, int]]:
+def _node(b: memoryview, inputs: list[str] | None = None,
+          outputs: list[str] | None = None) -> tuple[str, dict[str, int]]:
     op, attrs = "", {}
     for num, _, v in _fields(b):
         if num == 1 and inputs is not None:
             inputs.append(bytes(v).decode("utf-8", "replace"))
+        elif num == 2 and outputs is not None:
+            outputs.append(bytes(v).decode("utf-8", "replace"))
         elif num == 4:
             op = bytes(v).decode("utf-8", "replace")
         elif num == 5:
@@ -169,18 +172,21 @@ def read(path: str | Path, initializers: tuple[str, ...] = ("cos_cache",), sizes
     if graph is None:
         raise GraphFormatError("no graph")
     facts, wanted = GraphFacts(), set(initializers)
+    nodes: list[tuple[str, list[str]]] = []
+    reshaped: dict[str, str] = {}  # a Reshape's output -> its data input (a gather's scales pass through one)
     for num, wire, v in _fields(graph):
         if wire != 2:
             continue
         if num == 1:
             ins: list[str] | None = [] if sizes else None
-            op, attrs = _node(v, ins)
+            outs: list[str] | None = [] if sizes else None
+            op, attrs = _node(v, ins, outs)
             if op == "GroupQueryAttention":
                 facts.attention.append(attrs)
-            for j, name in enumerate(ins or []):
-                facts.consumers.setdefault(name, set()).add(op)
-                if (j == 0 and op == "Gather") or (j <= 2 and op == "GatherBlockQuantized"):  # data, scales, zeros
-                    facts.gathered.add(name)
+            if op == "Reshape" and ins and outs:
+                reshaped[outs[0]] = ins[0]
+            elif ins is not None:
+                nodes.append((op, ins))
         elif num == 5:
             name, dims, stored = _tensor(v)
             if name in wanted:
@@ -191,4 +197,10 @@ def read(path: str | Path, initializers: tuple[str, ...] = ("cos_cache",), sizes
         elif num in (11, 12):
             name, dims = _value_info(v)
             (facts.inputs if num == 11 else facts.outputs)[name] = dims
+    for op, ins in nodes:  # a Reshape is looked through: its data input counts as read by the reshaped use
+        for j, name in enumerate(ins):
+            name = reshaped.get(name, name)
+            facts.consumers.setdefault(name, set()).add(op)
+            if (j == 0 and op == "Gather") or (j in (0, 2, 3) and op == "GatherBlockQuantized"):  # data, scales, zeros
+                facts.gathered.add(name)
     return facts

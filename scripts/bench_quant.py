@@ -45,7 +45,9 @@ OURS = {
     # int8 class: the two tables kept apart (tying costs KL ~0.0005), the embedding free per token
     "speed-int8": dict(method="rtn", target_kl="0.0004", tie_embeddings="off", target_speed="0.85x"),
     "rtn-int4g128": dict(method="rtn", bits=4, group_size=128, token_group_size=128, embed_bits=4, head_bits=4),
-    "recommended-int8": dict(method="rtn", bits=8),  # blocks of 32, untied tables, accuracy level 4
+    # blocks of 32, accuracy level 4; the head int8g32 and the embedding as the head plus an int4g64 residual
+    "recommended-int8": dict(method="rtn", bits=8),
+    "int8-two-tables": dict(method="rtn", bits=8, tie_embeddings="off"),  # the previous default: two int8 tables
     # symmetric int8 at blocks of 64: no zero points, 8.5 bits per weight as Q8_0 (fp32 scale per 64)
     "int8-sym-g64": dict(method="rtn", bits=8, group_size=64, token_group_size=64, sym=True),
     "gptq-int4g32": dict(method="gptq", bits=4, group_size=32),  # every linear int4, tied int8 table

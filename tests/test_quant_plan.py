@@ -52,7 +52,7 @@ def test_one_matrix_stored_twice_is_stored_once(twice, tmp_path):
     from qwen_edge.quantize.api import quantize
     export(str(twice), tmp_path / "ref", **KW)
     a = quantize(str(twice), tmp_path / "auto", method="rtn", bits=8, group_size=32, tie_embeddings="auto", **KW)
-    off = quantize(str(twice), tmp_path / "off", method="rtn", bits=8, group_size=32, **KW)  # int8's default
+    off = quantize(str(twice), tmp_path / "off", method="rtn", bits=8, group_size=32, tie_embeddings="off", **KW)
     int4 = quantize(str(twice), tmp_path / "int4", method="rtn", bits=4, group_size=32, **KW)  # int4's: auto
     assert int4["quantization"]["tie_embeddings"]["tied"] and off["quantization"]["tie_embeddings"]["why"] == "off"
     assert off["quantization"]["embedding"] == {"bits": 8, "group_size": 32}  # int8 tables: blocks of 32
@@ -67,13 +67,82 @@ def test_one_matrix_stored_twice_is_stored_once(twice, tmp_path):
     assert np.abs(tied - ref).max() < 0.1 * np.abs(ref).max()
 
 
+def _embedding_rows(folder: Path, ids: list[int]) -> np.ndarray:
+    """The graph's embedding output for `ids` (the node feeding layer 0), read by exposing it as an output."""
+    import onnx
+    import onnxruntime as ort
+    m = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    node = next(n for n in m.graph.node if n.name.startswith("embed/") and n.op_type in ("Add", "Reshape")
+                and not any(x.name.startswith("embed/") and n.output[0] in x.input for x in m.graph.node))
+    m.graph.output.append(onnx.ValueInfoProto(name=node.output[0]))
+    path = folder / "embed_probe.onnx"
+    onnx.save(m, str(path))
+    try:
+        sess = ort.InferenceSession(str(path))
+    finally:
+        path.unlink()
+    spec = json.loads((folder / "qwen_edge.json").read_text())["model"]
+    feeds = {i.name: np.zeros((1, spec["num_kv_heads"], 0, spec["head_dim"]), np.float32)
+             for i in sess.get_inputs() if i.name.startswith("past_key_values")}
+    feeds.update(input_ids=np.array([ids], np.int64), attention_mask=np.ones((1, len(ids)), np.int64))
+    return sess.run([node.output[0]], feeds)[0][0]
+
+
+def test_int8_stores_the_embedding_as_the_head_plus_a_residual(twice, tmp_path):
+    """Two copies of one matrix at int8: the head once, the embedding as its codes plus an int4g64 residual
+    (the real 0.5B: 643.5 MiB at KL 0.00079 against 707.5 MiB at 0.00082 with two int8 tables)."""
+    from qwen_edge.export.nbits import residual_rows
+    from qwen_edge.pack import rtn
+    from qwen_edge.quantize.api import quantize
+    from qwen_edge.quantize.recipe import Format, HeadResidual, table_bytes
+    from qwen_edge.sources.safetensors_file import SafetensorsFile
+    res = quantize(str(twice), tmp_path / "res", method="rtn", bits=8, group_size=32, **KW)  # int8's default
+    two = quantize(str(twice), tmp_path / "two", method="rtn", bits=8, group_size=32, tie_embeddings="off", **KW)
+    q = res["quantization"]
+    assert q["embedding"] == {"head_plus_residual": {"bits": 4, "group_size": 64}}
+    assert q["tie_embeddings"]["residual"] and not q["tie_embeddings"]["tied"] and res["tied_embedding_shared"]
+    assert json.loads((tmp_path / "res" / "recipe.json").read_text())["tables"] == {
+        "embedding": "lm_head+int4g64", "lm_head": "int8g32"}
+    # what the graph gathers is the head's dequantized codes plus the dequantized residual, row by row
+    f = SafetensorsFile(twice / "model.safetensors")
+    E, H = f.get("model.embed_tokens.weight"), f.get("lm_head.weight")
+    ids = [3, 77, 500, 3, 12]
+    want = residual_rows(E[ids], H[ids], HeadResidual(Format(4, 64)), Format(8, 32),
+                         lambda w, b, g: rtn(w, b, g, sym=False))
+    got = _embedding_rows(tmp_path / "res", ids)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # closer to the source embedding than an int8 table of its own, and the bytes the plan counts
+    int8_rows = rtn(E[ids], 8, 32, sym=False).dequantize()
+    assert np.linalg.norm(got - E[ids]) < np.linalg.norm(int8_rows - E[ids])
+    size = lambda d: (tmp_path / d / "model.onnx.data").stat().st_size  # noqa: E731
+    saved = table_bytes("embedding", Format(8, 32), 512, 128) - table_bytes(
+        "embedding", HeadResidual(Format(4, 64)), 512, 128, Format(8, 32))
+    assert abs((size("two") - size("res")) - saved) <= 4 * 4096  # alignment padding of the changed tensors
+    # per token both read the head whole and a row or two of the rest (scales and zeros included)
+    from qwen_edge import graph_facts
+    per_token = {d: graph_facts.read(tmp_path / d / "model.onnx", sizes=True).bytes_per_token() for d in ("res", "two")}
+    assert abs(per_token["res"] - per_token["two"]) < 1024, per_token
+    # a recipe replays it bit for bit; a residual anywhere but an untied embedding is refused
+    again = quantize(str(twice), tmp_path / "again", method="rtn", recipe=str(tmp_path / "res" / "recipe.json"), **KW)
+    assert again["quantization"]["embedding"] == q["embedding"]
+    assert (tmp_path / "again" / "model.onnx.data").read_bytes() == (tmp_path / "res" / "model.onnx.data").read_bytes()
+    bad = json.loads((tmp_path / "res" / "recipe.json").read_text())
+    bad["tables"]["lm_head"] = "lm_head+int4g64"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="only an untied embedding"):
+        quantize(str(twice), tmp_path / "bad", method="rtn", recipe=str(tmp_path / "bad.json"), **KW)
+    with pytest.raises(InputError, match="export takes auto, on or off"):
+        from qwen_edge.export.writer import export
+        export(str(twice), tmp_path / "x", tie_embeddings="residual", **KW)
+
+
 def test_an_untied_source_is_left_alone(tmp_path):
     from qwen_edge.quantize.api import quantize
     _, folder = make_tiny(tmp_path / "hf", tie_word_embeddings=False)  # independent random head
     m = quantize(str(folder), tmp_path / "q", method="rtn", bits=4, group_size=32, **KW)  # auto
     t = m["quantization"]["tie_embeddings"]
     assert not t["tied"] and t["relative_difference"] > 1.0
-    with pytest.raises(InputError, match="choose auto, on or off"):
+    with pytest.raises(InputError, match="choose auto, on, off or residual"):
         quantize(str(folder), tmp_path / "q2", method="rtn", tie_embeddings="maybe", **KW)
 
 

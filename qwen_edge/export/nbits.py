@@ -46,13 +46,16 @@ class TableFormat(NamedTuple):
 
 class QuantTokens:
     """The exporter's `tokens` hook: quantized embedding and/or LM head, each in its own format (anything
-    with .bits and .group_size; None = float32)."""
+    with .bits and .group_size; None = float32). An embedding format with a `.residual` (recipe.HeadResidual)
+    gathers the head's codes and adds a gathered residual; `head_weight` then gives the untied head."""
 
     def __init__(self, quantize: Callable[[np.ndarray, int, int], QWeight], embed: Any, head: Any,
-                 accuracy_level: int = ACCURACY_LEVEL):
+                 accuracy_level: int = ACCURACY_LEVEL, head_weight: Callable[[], np.ndarray] | None = None):
         self.quantize, self.embed_fmt, self.head_fmt = quantize, embed, head
         self.accuracy_level = accuracy_level
+        self.head_weight = head_weight
         self._embed: tuple[str, NBits] | None = None  # tied sharing: the stored embedding
+        self._head: NBits | None = None  # head + residual: the head's codes, stored by embed()
         self._float_embed: str | None = None
         self.shared = False
 
@@ -61,24 +64,38 @@ class QuantTokens:
         if f is None:
             self._float_embed = g.weight("model.embed_tokens.weight", w.astype(np.float32, copy=False))
             return g.op("Gather", [self._float_embed, ids], "embed/Gather")
+        if getattr(f, "residual", None) is not None:
+            if self.head_fmt is None or self.head_weight is None:
+                raise ValueError("an embedding stored as the head plus a residual needs a quantized, untied head")
+            head_q = self.quantize(self.head_weight(), self.head_fmt.bits, self.head_fmt.group_size)
+            self._head = to_matmulnbits(head_q)
+            base = self._gather(g, ids, "lm_head", self._head, "embed")
+            r = f.residual
+            res = np.asarray(w, np.float32) - head_q.dequantize()
+            extra = self._gather(g, ids, "model.embed_tokens.residual",
+                                 to_matmulnbits(self.quantize(res, r.bits, r.group_size)), "embed_residual")
+            return g.op("Add", [base, extra], "embed/AddResidual")
         p = to_matmulnbits(self.quantize(w, f.bits, f.group_size))
-        name = "model.embed_tokens"
+        self._embed = ("model.embed_tokens", p)
+        return self._gather(g, ids, "model.embed_tokens", p, "embed")
+
+    def _gather(self, g: Graph, ids: str, name: str, p: NBits, tag: str) -> str:
+        """GatherBlockQuantized rows of the codes stored under `name` (stored here), as [.., hidden]."""
         data = g.weight(f"{name}.qweight", p.B)  # [V, n_blocks, blob]
         nb = p.B.shape[1]
         scales = g.weight(f"{name}.scales", p.scales.reshape(p.N, nb))
-        shape3 = g.const([p.N, nb, 1], "embed_scale_shape", np.int64)
-        inputs = [data, ids, g.op("Reshape", [scales, shape3], "embed/ScalesReshape")]
+        shape3 = g.const([p.N, nb, 1], f"{tag}_scale_shape", np.int64)
+        inputs = [data, ids, g.op("Reshape", [scales, shape3], f"{tag}/ScalesReshape")]
         if p.zero_points is not None:
             zq = p.zero_points if p.bits == 8 else _unpack_row_nibbles(p.zero_points, p.N, nb)
             zp = pack_nibbles(zq.reshape(p.N, nb, 1)) if p.bits == 4 else zq.reshape(p.N, nb, 1)
             inputs.append(g.weight(f"{name}.gather_zeros", zp))
-        out = g.op("GatherBlockQuantized", inputs, "embed/GatherBlockQuantized", domain="com.microsoft",
+        out = g.op("GatherBlockQuantized", inputs, f"{tag}/GatherBlockQuantized", domain="com.microsoft",
                    gather_axis=0, quantize_axis=2, block_size=p.block_size, bits=p.bits)
-        hidden = g.op("Reshape", [out, g.const([0, 0, nb * p.block_size], "embed_flat", np.int64)], "embed/Flatten")
+        hidden = g.op("Reshape", [out, g.const([0, 0, nb * p.block_size], f"{tag}_flat", np.int64)], f"{tag}/Flatten")
         if nb * p.block_size != p.K:
             hidden = g.op("Slice", [hidden, g.const([0], "zero1", np.int64), g.const([p.K], "hidden1", np.int64),
-                                    g.const([2], "axis2", np.int64)], "embed/Slice")
-        self._embed = (name, p)
+                                    g.const([2], "axis2", np.int64)], f"{tag}/Slice")
         return hidden
 
     def head(self, g: Graph, x: str, w: np.ndarray | None, embed_w: Callable[[], np.ndarray]) -> str:
@@ -90,8 +107,13 @@ class QuantTokens:
             else:
                 head = g.weight("lm_head.weight", (embed_w() if w is None else w).astype(np.float32, copy=False))
             return g.op("Gemm", [x, head], "lm_head/Gemm", transB=1)
-        if w is None and self._embed is not None and (f.bits, f.group_size) == (self.embed_fmt.bits, self.embed_fmt.group_size):
-            name, p = self._embed  # tied and same layout: reuse the stored codes and scales
+        shared = None
+        if self._head is not None:  # the embedding gathered these codes: the same stored tensors
+            shared = ("lm_head", self._head)
+        elif w is None and self._embed is not None and (f.bits, f.group_size) == (self.embed_fmt.bits, self.embed_fmt.group_size):
+            shared = self._embed  # tied and same layout: reuse the stored codes and scales
+        if shared is not None:
+            name, p = shared
             self.shared = True
             inputs = [x, f"{name}.qweight", f"{name}.scales"]
             if p.zero_points is not None:
@@ -101,6 +123,15 @@ class QuantTokens:
         src = embed_w() if w is None else w
         p = to_matmulnbits(self.quantize(src, f.bits, f.group_size))
         return matmul_nbits(g, x, "lm_head", p, self.accuracy_level)
+
+
+def residual_rows(table_rows: np.ndarray, head_rows: np.ndarray, fmt: Any, head_fmt: Any,
+                  quantize: Callable[[np.ndarray, int, int], QWeight]) -> np.ndarray:
+    """Embedding rows as a head-plus-residual graph computes them (each row is quantized on its own, so a
+    subset of rows gives the same values as the whole table)."""
+    head_q = quantize(np.asarray(head_rows, np.float32), head_fmt.bits, head_fmt.group_size).dequantize()
+    r = fmt.residual
+    return head_q + quantize(np.asarray(table_rows, np.float32) - head_q, r.bits, r.group_size).dequantize()
 
 
 def _unpack_row_nibbles(packed: np.ndarray, n: int, nb: int) -> np.ndarray:

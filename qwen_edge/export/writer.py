@@ -129,6 +129,9 @@ def export(source: str, out: str | Path, *, dtype: str = "fp32", max_length: int
         check_size(n * (4 if dtype == "fp32" else 2))
     if tie_embeddings != "off":
         from ..sources.tie import tie
+        if tie_embeddings == "residual":  # a quantized embedding's layout; a float export has nothing to add
+            raise InputError("--tie-embeddings residual applies to quantize (an int8 embedding stored as the "
+                             "head plus a residual); export takes auto, on or off")
         src, _ = tie(src, tie_embeddings)
     if src.quantization:  # a GPTQ/AWQ folder: its packed weights go straight into MatMulNBits
         if dtype != "fp32":

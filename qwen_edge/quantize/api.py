@@ -19,9 +19,10 @@ import numpy as np
 
 from ..errors import InputError, OutputError, QwenEdgeError
 from ..pack import check_bits, check_block_size
-from .recipe import Format, Plan
+from .recipe import Format, HeadResidual, Plan
 
 METHODS = ("rtn", "gptq", "awq")
+RESIDUAL_FORMAT = Format(4, 64)  # an int8 plan's embedding residual (docs/quantize.md, "int8")
 TOKEN_BITS = {"4": 4, "8": 8, "32": None, "fp32": None}
 class _Overlay:
     """Source weights with some tensors replaced (AWQ's folded norm weights)."""
@@ -79,11 +80,13 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     out = Path(out)
     validate(method, bits, group_size, calibration, damp, samples, seq_len)
     # int8 is chosen for accuracy (KL <= 0.001): its tables use blocks of 32 (the head's int8 activations are
-    # quantized per block) and keep the source's two copies (tying them alone costs KL ~0.0005, measured);
+    # quantized per block); two copies of one matrix are not tied (that alone costs KL ~0.0005, measured)
+    # but the embedding is stored as the head plus an int4g64 residual (~74 MiB instead of ~150);
     # int4 plans tie them (130 MiB) and keep the tables at blocks of 128
     uniform8 = bits == 8 and target_size is None and bpw is None and target_kl is None and recipe is None
     token_group_size = token_group_size or (32 if uniform8 else 128)
-    tie_embeddings = tie_embeddings or ("off" if uniform8 else "auto")
+    tie_given = tie_embeddings
+    tie_embeddings = tie_embeddings or ("residual" if uniform8 else "auto")
     check_block_size(token_group_size)
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise InputError(f"--accuracy-level {accuracy_level} is outside 0..4")
@@ -117,6 +120,8 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
         plan, recipe_json = R.load(recipe, src.spec)
         if plan.tied and not src.spec.tie_word_embeddings:
             tie_embeddings = "on"  # the recipe was made with one table
+        elif not plan.tied and tie_given is None:  # two tables in the recipe: keep the source's two copies
+            tie_embeddings = "residual" if isinstance(plan.embedding, HeadResidual) else "off"
     # before tie(), which reads both token tables: the estimate needs only the header
     _check_memory(src.spec, method=method, goal=budget, bits=bits, samples=samples, seq_len=seq_len,
                   max_length=max_length, recipe=recipe is not None, windows=sensitivity_samples,
@@ -133,6 +138,9 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     else:
         plan = uniform_plan(spec, bits, group_size, e_bits, h_bits, token_group_size, int8_layers)
         planned = {"kind": "uniform"}
+    if tie_info.get("residual") and plan.tables.get("lm_head") is not None and "embedding" in plan.tables \
+            and recipe is None:
+        plan.tables["embedding"] = HeadResidual(RESIDUAL_FORMAT)
     if save_checkpoint is not None and len({f.bits for f in plan.linears.values()}) > 1:
         raise InputError("this plan mixes 4- and 8-bit linears, which a GPTQ checkpoint (one bits value) cannot "
                          "hold; drop --save-checkpoint")
@@ -188,7 +196,9 @@ def _info(method: str, plan: Plan, spec, sym: bool, accuracy_level: int, tie_inf
                      "linears": {k: str(f) for k, f in plan.linears.items()}}}
 
 
-def _fmt_json(f: Format | None) -> dict | None:
+def _fmt_json(f) -> dict | None:
+    if isinstance(f, HeadResidual):
+        return {"head_plus_residual": _fmt_json(f.residual)}
     return None if f is None else {"bits": f.bits, "group_size": f.group_size}
 
 
@@ -203,7 +213,8 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
     from .layer_by_layer import Options, calibrate, rtn_linears
     from .calibration_text import calibration_tokens, sample_windows
     spec, weights = src.spec, src.weights
-    tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), plan.embedding, plan.lm_head, accuracy_level)
+    tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), plan.embedding, plan.lm_head, accuracy_level,
+                         head_weight=lambda: src.weights.get("lm_head.weight"))
     result = None
     linears: dict = {}
     if method == "rtn":
@@ -227,7 +238,12 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
             f = plan.embedding
             rows, inv = np.unique(windows, return_inverse=True)
             table = weights.get("model.embed_tokens.weight")
-            embed_dq = rtn(np.asarray(table[rows], dtype=np.float32), f.bits, f.group_size).dequantize()
+            if isinstance(f, HeadResidual):
+                from ..export.nbits import residual_rows
+                embed_dq = residual_rows(table[rows], weights.get("lm_head.weight")[rows], f, plan.lm_head,
+                                         lambda w, b, g: rtn(w, b, g, sym=False))
+            else:
+                embed_dq = rtn(np.asarray(table[rows], dtype=np.float32), f.bits, f.group_size).dequantize()
             del table
             calib_ids = inv.reshape(windows.shape)  # indexes into those rows (blocks run along a row)
         opts = Options(method=method, formats=dict(plan.linears), sym=sym, act_order=act_order, damp=damp,
