@@ -82,7 +82,10 @@ class Cache {
       const all = out.logits.data;
       const rows = out.logits.dims[1]; // n, or the kept positions where the graph takes logits_to_keep
       const k = last ? keep : 1;
-      logits = all.slice((rows - k) * this.vocab, rows * this.vocab); // a copy: the output's memory is reused
+      // Each run's outputs are fresh buffers (onnxruntime-node and -web copy them out): a decode step keeps
+      // the whole output as is. A copy would double the external memory a step allocates, and V8 answers
+      // that pressure with collections whose marking threads take the CPU from onnxruntime's (measured).
+      logits = rows === k ? all : all.slice((rows - k) * this.vocab, rows * this.vocab);
       out.logits.dispose?.();
       this.length = total;
     }

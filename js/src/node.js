@@ -105,7 +105,8 @@ export async function loadModel(folder, { threads = 0, maxLength, verify = true,
   const generationConfig = fs.existsSync(genPath) ? readJson(genPath, "the generation config") : {};
   const jinjaPath = path.join(folder, "chat_template.jinja");
   const templateText = fs.existsSync(jinjaPath) ? fs.readFileSync(jinjaPath, "utf8") : null;
-  const opts = { graphOptimizationLevel: "all", executionProviders: ["cpu"], logSeverityLevel: 3 };
+  // as Python: memory patterns are cached per input shape (a new one every context length: time and a leak)
+  const opts = { graphOptimizationLevel: "all", executionProviders: ["cpu"], logSeverityLevel: 3, enableMemPattern: false };
   if (threads) opts.intraOpNumThreads = threads;
   const dtype = manifest.dtype === "fp16" ? "float16" : "float32";
   const graphPath = path.join(folder, "model.onnx");
