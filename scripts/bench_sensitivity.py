@@ -5,6 +5,9 @@ them, same calibration windows and seed), then compares every predicted KL with 
 (`quantization.plan.how.sensitivity.predicted_kl`) and prints time and peak RSS (issue 19: bounded memory,
 same allocation). Run it alone on the machine:
     python scripts/bench_sensitivity.py ~/.cache/qwen-edge/bench/quant/speed-410MiB [--json]
+With --windows N (and --seed S) it is the window-count study instead: the pass on N windows against the
+stored figures (rank correlation of every tensor-and-format prediction, the plan each gives under the same
+budgets, and that plan's predicted KL read from the stored figures: what fewer windows cost).
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ def main() -> None:
     ap.add_argument("manifest_folder", help="an artifact made with --target-size / --target-kl (whole-model pass)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--save", help="write the predicted KL table here (JSON)")
+    ap.add_argument("--windows", type=int, default=None, help="windows for the pass (default: the stored plan's)")
+    ap.add_argument("--seed", type=int, default=None, help="window seed (default: the stored plan's)")
     a = ap.parse_args()
     from qwen_edge.assets import example_gguf
     from qwen_edge.quantize.calibration_text import calibration_tokens, sample_windows
@@ -50,11 +55,14 @@ def main() -> None:
     how = man["quantization"]["plan"]["how"]
     stored = how["sensitivity"]["predicted_kl"]
     n, seq = how["sensitivity"]["windows"], how["sensitivity"]["seq_len"]
+    study = a.windows is not None or a.seed is not None
+    n = a.windows or n
     src, _ = tie(open_source(str(example_gguf())), "auto")
     spec = src.spec
     cand = {k: [Format.parse(f) for f in (LINEAR_CHOICES if k in linear_shapes(spec) else TABLE_CHOICES)]
             for k in stored}
-    windows = sample_windows(calibration_tokens("enwiki", src.write_tokenizer), n, seq, 0 + 1)
+    windows = sample_windows(calibration_tokens("enwiki", src.write_tokenizer), n, seq,
+                             (a.seed if a.seed is not None else 0) + 1)
     t0 = time.perf_counter()
     pred = predicted_kl_by_layer(spec, src.weights, windows, cand, seed=0, progress=not a.json)
     secs = time.perf_counter() - t0
@@ -78,6 +86,18 @@ def main() -> None:
            "whole_model_seconds": how["sensitivity"].get("seconds"), "values": len(rel),
            "max_rel_diff": max(rel), "median_rel_diff": sorted(rel)[len(rel) // 2],
            "same_order": order_a == order_b}
+    if study:
+        import numpy as np
+        keys = [(k, f) for k in stored for f in stored[k]]
+        ra = np.argsort(np.argsort([stored[k][f] for k, f in keys]))
+        rb = np.argsort(np.argsort([pred[k][f] for k, f in keys]))
+        plans = {name: p for name, p in same_plan.items()}
+        out["study"] = {
+            "spearman_vs_stored": float(np.corrcoef(ra, rb)[0, 1]),
+            "tensors_in_another_format": len(out["plan_differences"]),
+            # each plan's predicted KL, both read from the stored (reference) figures
+            "plan_kl_from_stored_figures": {name: sum(stored[k][f] for k, f in p.items() if f != "fp32" and k in stored)
+                                            for name, p in plans.items()}}
     print(json.dumps(out, indent=None if a.json else 2))
 
 
