@@ -131,6 +131,8 @@ def test_int8_stores_the_embedding_as_the_head_plus_a_residual(twice, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(InputError, match="only an untied embedding"):
         quantize(str(twice), tmp_path / "bad", method="rtn", recipe=str(tmp_path / "bad.json"), **KW)
+    with pytest.raises(InputError, match="a target or a recipe sets the tables itself"):
+        quantize(str(twice), tmp_path / "bad2", method="rtn", tie_embeddings="residual", bpw=6.0, **KW)
     with pytest.raises(InputError, match="export takes auto, on or off"):
         from qwen_edge.export.writer import export
         export(str(twice), tmp_path / "x", tie_embeddings="residual", **KW)

@@ -94,6 +94,9 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     goals = [g for g in (target_size, bpw, target_kl) if g is not None]
     if len(goals) > 1 or (goals and recipe is not None):
         raise InputError("give one of --target-size, --bpw, --target-kl and --recipe")
+    if tie_given == "residual" and (goals or recipe is not None):
+        raise InputError("--tie-embeddings residual shapes a uniform plan's tables (--bits); a target or a recipe "
+                         "sets the tables itself")
     budget = parse_goal(target_size, bpw, target_kl)
     speed = parse_speed(target_speed)
     if target_speed is not None and budget is None:
@@ -139,7 +142,7 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
         plan = uniform_plan(spec, bits, group_size, e_bits, h_bits, token_group_size, int8_layers)
         planned = {"kind": "uniform"}
     if tie_info.get("residual") and plan.tables.get("lm_head") is not None and "embedding" in plan.tables \
-            and recipe is None:
+            and recipe is None and not goals:
         plan.tables["embedding"] = HeadResidual(RESIDUAL_FORMAT)
     if save_checkpoint is not None and len({f.bits for f in plan.linears.values()}) > 1:
         raise InputError("this plan mixes 4- and 8-bit linears, which a GPTQ checkpoint (one bits value) cannot "
