@@ -71,9 +71,11 @@ class QuantTokens:
             self._head = to_matmulnbits(head_q)
             base = self._gather(g, ids, "lm_head", self._head, "embed")
             r = f.residual
-            res = np.asarray(w, np.float32) - head_q.dequantize()
+            res = head_q.dequantize()  # the residual in that buffer: two tables in fp32 at most (footprint.writing)
+            np.subtract(np.asarray(w, np.float32), res, out=res)
             extra = self._gather(g, ids, "model.embed_tokens.residual",
                                  to_matmulnbits(self.quantize(res, r.bits, r.group_size)), "embed_residual")
+            del res
             return g.op("Add", [base, extra], "embed/AddResidual")
         p = to_matmulnbits(self.quantize(w, f.bits, f.group_size))
         self._embed = ("model.embed_tokens", p)
