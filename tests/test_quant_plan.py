@@ -131,6 +131,11 @@ def test_int8_stores_the_embedding_as_the_head_plus_a_residual(twice, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(InputError, match="only an untied embedding"):
         quantize(str(twice), tmp_path / "bad", method="rtn", recipe=str(tmp_path / "bad.json"), **KW)
+    _, tied = make_tiny(tmp_path / "tied", hidden_size=128, intermediate_size=256, vocab_size=512,
+                        num_hidden_layers=3, tie_word_embeddings=True)
+    with pytest.raises(InputError, match="has one tied table"):
+        quantize(str(tied), tmp_path / "bad3", method="rtn", recipe=str(tmp_path / "res" / "recipe.json"), **KW)
+    assert not (tmp_path / "bad3").exists()
     with pytest.raises(InputError, match="a target or a recipe sets the tables itself"):
         quantize(str(twice), tmp_path / "bad2", method="rtn", tie_embeddings="residual", bpw=6.0, **KW)
     with pytest.raises(InputError, match="export takes auto, on or off"):

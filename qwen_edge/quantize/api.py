@@ -134,6 +134,9 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     if recipe is not None:
         if not plan.tied and spec.tie_word_embeddings and "lm_head" not in plan.tables:
             raise InputError(f"recipe {recipe} does not fit: its tables do not match this model's")
+        if isinstance(plan.embedding, HeadResidual) and spec.tie_word_embeddings:
+            raise InputError(f"recipe {recipe} stores the embedding as the LM head plus a residual, but this model "
+                             "has one tied table: give it as \"table\": FORMAT")
         planned = {"kind": "recipe", "path": str(recipe)}
     elif goals:
         plan, planned = allocated_plan(src, budget, calibration, sensitivity_samples, seq_len, seed, max_length,
