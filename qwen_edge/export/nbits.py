@@ -67,15 +67,10 @@ class QuantTokens:
         if getattr(f, "residual", None) is not None:
             if self.head_fmt is None or self.head_weight is None:
                 raise ValueError("an embedding stored as the head plus a residual needs a quantized, untied head")
-            head_q = self.quantize(self.head_weight(), self.head_fmt.bits, self.head_fmt.group_size)
+            head_q, res_q = split_residual(w, self.head_weight(), f, self.head_fmt, self.quantize)
             self._head = to_matmulnbits(head_q)
             base = self._gather(g, ids, "lm_head", self._head, "embed")
-            r = f.residual
-            res = head_q.dequantize()  # the residual in that buffer: two tables in fp32 at most (footprint.writing)
-            np.subtract(np.asarray(w, np.float32), res, out=res)
-            extra = self._gather(g, ids, "model.embed_tokens.residual",
-                                 to_matmulnbits(self.quantize(res, r.bits, r.group_size)), "embed_residual")
-            del res
+            extra = self._gather(g, ids, "model.embed_tokens.residual", to_matmulnbits(res_q), "embed_residual")
             return g.op("Add", [base, extra], "embed/AddResidual")
         p = to_matmulnbits(self.quantize(w, f.bits, f.group_size))
         self._embed = ("model.embed_tokens", p)
@@ -127,13 +122,23 @@ class QuantTokens:
         return matmul_nbits(g, x, "lm_head", p, self.accuracy_level)
 
 
+def split_residual(table: np.ndarray, head: np.ndarray, fmt: Any, head_fmt: Any,
+                   quantize: Callable[[np.ndarray, int, int], QWeight]) -> tuple[QWeight, QWeight]:
+    """(the head quantized, the embedding minus the dequantized head quantized): a head-plus-residual
+    embedding. The residual is computed in the dequantized head's buffer: two fp32 tables at most, as
+    footprint.writing counts."""
+    head_q = quantize(np.asarray(head, np.float32), head_fmt.bits, head_fmt.group_size)
+    res = head_q.dequantize()
+    np.subtract(np.asarray(table, np.float32), res, out=res)
+    return head_q, quantize(res, fmt.residual.bits, fmt.residual.group_size)
+
+
 def residual_rows(table_rows: np.ndarray, head_rows: np.ndarray, fmt: Any, head_fmt: Any,
                   quantize: Callable[[np.ndarray, int, int], QWeight]) -> np.ndarray:
     """Embedding rows as a head-plus-residual graph computes them (each row is quantized on its own, so a
     subset of rows gives the same values as the whole table)."""
-    head_q = quantize(np.asarray(head_rows, np.float32), head_fmt.bits, head_fmt.group_size).dequantize()
-    r = fmt.residual
-    return head_q + quantize(np.asarray(table_rows, np.float32) - head_q, r.bits, r.group_size).dequantize()
+    head_q, res_q = split_residual(table_rows, head_rows, fmt, head_fmt, quantize)
+    return head_q.dequantize() + res_q.dequantize()
 
 
 def _unpack_row_nibbles(packed: np.ndarray, n: int, nb: int) -> np.ndarray:
