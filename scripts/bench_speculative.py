@@ -117,24 +117,27 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--llama", type=Path, default=Path.home() / ".cache/qwen-edge/bench/llama-cpp-python-0.3.36/build/bin")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--extra-draft", type=Path, default=None,
-                    help="also draft fp32 with this artifact (e.g. a faster uniform int4 file)")
+    ap.add_argument("--extra-draft", type=Path, action="append", default=[],
+                    help="also draft fp32 with this artifact (repeatable; e.g. a `qwen-edge draft` folder)")
     ap.add_argument("--only", default=None, help="run only the rows whose target name starts with this (e.g. fp32)")
+    ap.add_argument("--skip", default=None, help="leave out the rows whose name contains this (e.g. lookup)")
     a = ap.parse_args()
     q = a.quant
     fp32, int8, int4 = q / "fp32", q / "recommended-int8", q / "speed-410MiB"
-    extra = [] if a.extra_draft is None else [
-        (f"fp32 + draft {a.extra_draft.name}", kind, fp32, {"draft": a.extra_draft}) for kind in ("prose", "code")]
+    def extra(kind: str) -> list:  # beside the int4 draft's row of the same prompts (this machine drifts)
+        return [(f"fp32 + draft {d.name}", kind, fp32, {"draft": d}) for d in a.extra_draft]
     plan = [
-        ("fp32", "prose", fp32, {}), ("fp32 + draft int4", "prose", fp32, {"draft": int4}),
-        ("fp32", "code", fp32, {}), ("fp32 + draft int4", "code", fp32, {"draft": int4}),
+        ("fp32", "prose", fp32, {}), ("fp32 + draft int4", "prose", fp32, {"draft": int4}), *extra("prose"),
+        ("fp32", "code", fp32, {}), ("fp32 + draft int4", "code", fp32, {"draft": int4}), *extra("code"),
         ("fp32 + lookup 8", "code", fp32, {"lookup": 8}), ("fp32 + lookup 8", "prose", fp32, {"lookup": 8}),
         ("int8", "prose", int8, {}), ("int8 + draft int4", "prose", int8, {"draft": int4}),
         ("int4 (410 MiB recipe)", "code", int4, {}), ("int4 + lookup 8", "code", int4, {"lookup": 8}),
         ("int4 (410 MiB recipe)", "prose", int4, {}), ("int4 + lookup 8", "prose", int4, {"lookup": 8}),
-    ] + extra
+    ]
     if a.only:
         plan = [p for p in plan if p[0].startswith(a.only)]
+    if a.skip:
+        plan = [p for p in plan if a.skip not in p[0]]
     results = []
     plain: dict[tuple, dict] = {}
     for name, kind, folder, load in plan:

@@ -215,3 +215,116 @@ def test_cli_run_with_lookup_and_draft(tinies):
     assert p.returncode == 0, p.stderr
     sp = json.loads(p.stdout)["speculative"]
     assert sp["lookup"] == 4 and sp["tokens_per_pass"] >= 1
+
+
+# ---------------------------------------------------------------- draft-only heads (quantize/draft_head.py)
+
+@pytest.fixture(scope="module")
+def pruned(tinies, tmp_path_factory):
+    """Draft-only copies keeping 256 of the 320 rows: of the fp32 target itself, of its noisy twin, and of
+    an RTN int4 file (a MatMulNBits head with [N * blocks] scales and packed zero points)."""
+    from qwen_edge.quantize.api import quantize
+    from qwen_edge.quantize.draft_head import make_draft
+    root = tmp_path_factory.mktemp("pruned")
+    corpus = root / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. def f(x): return x + 1\n" * 50)
+    q = root / "int4"
+    quantize(str(tinies["a"].parent / "hf-a"), q, method="rtn", bits=4, group_size=32, max_length=MAX_LEN,
+             progress=False)
+    out = {}
+    for name, src in (("a", tinies["a"]), ("a-noisy", tinies["a-noisy"]), ("int4", q)):
+        out[name] = root / f"{name}-draft"
+        make_draft(src, out[name], vocab=256, calibration=str(corpus), code=False, progress=False)
+    out["int4-full"] = q
+    return out
+
+
+def test_draft_head_scores_the_kept_tokens_as_the_full_head(tinies, pruned):
+    import json
+    for full, draft in ((tinies["a"], pruned["a"]), (pruned["int4-full"], pruned["int4"])):
+        ids = np.asarray(json.loads((draft / "draft_vocab.json").read_text()))
+        assert ids.size == 256 and np.all(np.diff(ids) > 0)
+        assert 2 in ids  # the end token is always kept
+        a = Model(full, threads=2).new_runner()
+        d = Model(draft, threads=2, _draft_only_ok=True)
+        assert d.draft_vocab.tolist() == ids.tolist()
+        b = d.new_runner()
+        for r in (a, b):
+            r.append(PLAIN)
+        la, lb = a.forward().copy(), b.forward().copy()
+        assert lb.shape == (256,)
+        np.testing.assert_allclose(lb, la[ids], rtol=0, atol=1e-4 * np.abs(la).max())
+
+
+@pytest.mark.parametrize("draft", ["a", "a-noisy"])
+def test_greedy_with_a_draft_only_head_equals_plain(tinies, pruned, draft):
+    plain = load(tinies["a"])
+    spec = load(tinies["a"], False, draft=pruned[draft], draft_tokens=5)
+    for prompt in (REPEATING, PLAIN):
+        ref = plain.complete(prompt, max_new_tokens=80, temperature=0, ignore_eos=True)
+        got = spec.complete(prompt, max_new_tokens=80, temperature=0, ignore_eos=True)
+        assert got.tokens == ref.tokens
+        st = got.timings.speculative
+        assert st["proposed"] > 50
+        if draft == "a":  # itself: every proposal is right unless the target's token is not a kept one
+            kept = set(spec.draft.draft_vocab.tolist())
+            assert st["accepted"] >= sum(t in kept for t in ref.tokens) - 20
+
+
+def test_sampling_with_a_draft_only_head_keeps_the_target_distribution(tinies, pruned):
+    """The acceptance rule with q zero outside the kept rows: the first two tokens' frequencies over many
+    seeded runs match the target's exact distribution (chi-square)."""
+    from scipy.stats import chisquare
+    params = dict(temperature=1.0, top_k=4)
+    target = load(tinies["a"])
+    prompt = REPEATING[:20]
+    exact3 = exact_triples(target, prompt, SamplingParams(**params))
+    exact: dict[tuple, float] = {}
+    for k, v in exact3.items():
+        exact[k[:2]] = exact.get(k[:2], 0.0) + v
+    spec = load(tinies["a"], False, draft=pruned["a-noisy"], draft_tokens=2)
+    n = 2000
+    counts: dict[tuple, int] = {}
+    for seed in range(n):
+        r = spec.complete(prompt, max_new_tokens=2, ignore_eos=True, seed=seed, **params)
+        counts[tuple(r.tokens)] = counts.get(tuple(r.tokens), 0) + 1
+    keys = sorted(exact)
+    expected = np.array([exact[k] for k in keys]) * n
+    observed = np.array([counts.get(k, 0) for k in keys])
+    assert set(counts) <= set(exact)
+    small = expected < 5
+    obs = np.append(observed[~small], observed[small].sum())
+    exp = np.append(expected[~small], expected[small].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-3
+
+
+def test_draft_only_refusals(tinies, pruned, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from qwen_edge.quantize.draft_head import make_draft
+    with pytest.raises(QwenEdgeError, match="draft-only model"):
+        Model.load(pruned["a"])
+    with pytest.raises(QwenEdgeError, match="already a draft"):
+        make_draft(pruned["a"], tmp_path / "x", vocab=256, progress=False)
+    for bad in (100, 320, 10_000):
+        with pytest.raises(QwenEdgeError, match="--vocab must be"):
+            make_draft(tinies["a"], tmp_path / "x", vocab=bad, progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(QwenEdgeError, match="exists"):  # not replaced without --force
+        make_draft(tinies["a"], pruned["a"], vocab=256, calibration=str(tmp_path / "none.txt"), progress=False)
+    for cmd in (["run", str(pruned["a"]), "-p", "hi"], ["bench", str(pruned["a"])],
+                ["draft", str(tinies["a"]), "-o", str(tmp_path / "y"), "--vocab", "5"]):
+        p = subprocess.run([sys.executable, "-m", "qwen_edge.cli", *cmd], capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr, p.stderr
+    # a manifest whose draft size disagrees with the graph is damaged
+    bad = tmp_path / "bad"
+    import shutil
+    shutil.copytree(pruned["a"], bad)
+    m = json.loads((bad / "qwen_edge.json").read_text())
+    m["draft"]["vocab"] = 200
+    (bad / "qwen_edge.json").write_text(json.dumps(m))
+    with pytest.raises(QwenEdgeError, match="damaged"):
+        Model.load(tinies["a"], draft=bad)
