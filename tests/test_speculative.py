@@ -254,6 +254,10 @@ def test_draft_head_scores_the_kept_tokens_as_the_full_head(tinies, pruned):
         la, lb = a.forward().copy(), b.forward().copy()
         assert lb.shape == (256,)
         np.testing.assert_allclose(lb, la[ids], rtol=0, atol=1e-4 * np.abs(la).max())
+    import onnx
+    names = {t.name for t in onnx.load(str(pruned["a"] / "model.onnx"), load_external_data=False).graph.initializer}
+    assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names  # the untied full head: dropped
+    assert (pruned["a"] / "model.onnx.data").stat().st_size < (tinies["a"] / "model.onnx.data").stat().st_size
 
 
 @pytest.mark.parametrize("draft", ["a", "a-noisy"])

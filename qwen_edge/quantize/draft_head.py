@@ -30,6 +30,7 @@ from .. import __version__
 from .. import artifact as A
 from ..errors import InputError, QwenEdgeError
 from ..outputs import Staged, check_target
+from ..export.ort_format import ORT_MODEL
 from ..sources import dumps
 
 VOCAB_FILE = "draft_vocab.json"
@@ -87,27 +88,45 @@ def _head(graph: Any) -> tuple[Any, Any]:
     return n, concat
 
 
-class _Appender:
-    """Tensors appended to a copy of model.onnx.data, referenced as external data (64-byte aligned)."""
+def _repack(graph: Any, src: Path, data: Path, new: dict[str, np.ndarray]) -> None:
+    """Write `data` holding the graph's external tensors (copied from the source folder, in graph order)
+    and then `new` (added as initializers), every tensor 64-byte aligned; offsets rewritten."""
+    from onnx import TensorProto, helper
+    from onnx.external_data_helper import uses_external_data
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.f = open(path, "ab")
-
-    def add(self, graph: Any, name: str, arr: np.ndarray) -> None:
-        from onnx import TensorProto, helper
-        self.f.write(b"\0" * ((-self.f.tell()) % 64))
-        offset = self.f.tell()
-        data = np.ascontiguousarray(arr).tobytes()
-        self.f.write(data)
-        t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype), dims=arr.shape,
-                        data_location=TensorProto.EXTERNAL)
-        for k, v in (("location", A.MODEL_DATA), ("offset", str(offset)), ("length", str(len(data)))):
+    def place(f: Any, t: Any, length: int) -> int:
+        f.write(b"\0" * ((-f.tell()) % 64))
+        off = f.tell()
+        del t.external_data[:]
+        for k, v in (("location", A.MODEL_DATA), ("offset", str(off)), ("length", str(length))):
             t.external_data.add(key=k, value=v)
-        graph.initializer.append(t)
+        return off
 
-    def close(self) -> None:
-        self.f.close()
+    with open(data, "wb") as f:
+        for t in graph.initializer:
+            if not uses_external_data(t):
+                continue
+            info = {e.key: e.value for e in t.external_data}
+            if info.get("location") != A.MODEL_DATA:  # an artifact keeps its weights in one file
+                raise QwenEdgeError(f"{t.name}'s weights are in {info.get('location')!r}, not {A.MODEL_DATA}")
+            length, offset = int(info["length"]), int(info.get("offset", 0))
+            place(f, t, length)
+            with open(src / info["location"], "rb") as r:
+                r.seek(offset)
+                left = length
+                while left:
+                    chunk = r.read(min(left, 1 << 24))
+                    if not chunk:
+                        raise QwenEdgeError(f"{src / info['location']} ends inside {t.name}: the folder is damaged")
+                    f.write(chunk)
+                    left -= len(chunk)
+        for name, arr in new.items():
+            b = np.ascontiguousarray(arr).tobytes()
+            t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype), dims=arr.shape,
+                            data_location=TensorProto.EXTERNAL)
+            place(f, t, len(b))
+            f.write(b)
+            graph.initializer.append(t)
 
 
 def _array(graph: Any, name: str, folder: Path) -> np.ndarray:
@@ -163,37 +182,38 @@ def make_draft(source: str | Path, out: str | Path, *, vocab: int = DEFAULT_VOCA
     head, concat = _head(g)
     if head.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in head.attribute):
         raise QwenEdgeError("model.onnx's LM head Gemm does not take its weight as [vocab, hidden]")
+    rows = ids.astype(np.int64)
+    sliced = {}  # the head's new inputs, one row per kept token
+    for i, name in enumerate(head.input):
+        if i == 0 or not name or (head.op_type == "MatMulNBits" and i == 4):  # the activations; g_idx (unused)
+            continue
+        arr = _array(g, name, src)
+        if arr.shape[:1] == (V,):  # a row per token: the packed weight, [N, ...] scales, the bias
+            arr = arr[rows]
+        elif arr.ndim == 1 and arr.size % V == 0:  # [N * blocks] scales or packed zero points
+            arr = arr.reshape(V, -1)[rows].reshape(-1)
+        else:
+            raise QwenEdgeError(f"the head's input {name} has shape {list(arr.shape)}: not one row per token")
+        sliced[f"draft_head.{i}"] = arr
+        head.input[i] = f"draft_head.{i}"
+    for a in head.attribute:
+        if a.name == "N":
+            a.i = int(ids.size)
+    from onnx import numpy_helper
+    g.initializer.append(numpy_helper.from_array(np.array([ids.size], np.int64), "draft_vocab1"))
+    concat.input[-1] = "draft_vocab1"
+    for o in g.output:
+        if o.name == "logits":
+            o.type.tensor_type.shape.dim[-1].dim_value = int(ids.size)
+    used = {x for n in g.node for x in n.input}
+    dead = [t for t in g.initializer if t.name not in used]  # an untied head's full rows: not carried over
+    for t in dead:
+        g.initializer.remove(t)
     with Staged(out, force=force, is_ours=A.is_artifact, sources=[src]) as tmp:
-        for f in src.iterdir():
-            if f.is_file() and f.name not in (A.MANIFEST, A.MODEL):
-                shutil.copyfile(f, tmp / f.name)
-        app = _Appender(tmp / A.MODEL_DATA)
-        try:
-            rows = ids.astype(np.int64)
-            for i, name in enumerate(head.input):
-                if i == 0 or not name or (head.op_type == "MatMulNBits" and i == 4):  # the input; g_idx (unused)
-                    continue
-                arr = _array(g, name, src)
-                if arr.shape[:1] == (V,):  # a row per token: the packed weight, [N, ...] scales, the bias
-                    arr = arr[rows]
-                elif arr.ndim == 1 and arr.size % V == 0:  # [N * blocks] scales or packed zero points
-                    arr = arr.reshape(V, -1)[rows].reshape(-1)
-                else:
-                    raise QwenEdgeError(f"the head's input {name} has shape {list(arr.shape)}: not one row per token")
-                new = f"draft_head.{i}"
-                app.add(g, new, arr)
-                head.input[i] = new
-        finally:
-            app.close()
-        for a in head.attribute:
-            if a.name == "N":
-                a.i = int(ids.size)
-        from onnx import numpy_helper
-        g.initializer.append(numpy_helper.from_array(np.array([ids.size], np.int64), "draft_vocab1"))
-        concat.input[-1] = "draft_vocab1"
-        for o in g.output:
-            if o.name == "logits":
-                o.type.tensor_type.shape.dim[-1].dim_value = int(ids.size)
+        for name in m["files"]:  # model.ort (if any) would hold the full head: not copied
+            if name not in (A.MODEL, A.MODEL_DATA, ORT_MODEL):
+                shutil.copyfile(src / name, tmp / name)
+        _repack(g, src, tmp / A.MODEL_DATA, sliced)
         onnx.save(model, str(tmp / A.MODEL))
         (tmp / VOCAB_FILE).write_text(json.dumps(ids.tolist()))
         files, sizes = A.file_table(tmp)
