@@ -22,9 +22,7 @@ from . import graph_facts
 from .errors import ArtifactError
 
 FORMAT = "qwen-edge-artifact"
-FORMAT_VERSION = 2  # what this reader takes; 2 adds the draft-only folder (`draft`); exports still write 1
-WRITE_VERSION = 1
-DRAFT_VERSION = 2
+FORMAT_VERSION = 1
 MANIFEST = "qwen_edge.json"
 MODEL = "model.onnx"
 MODEL_DATA = "model.onnx.data"
@@ -184,16 +182,7 @@ def check_model(folder: str | Path, manifest: dict[str, Any]) -> None:
         raise damaged(f"{MODEL}'s past_key_values.0.key has {len(key0)} dims, not 4")
     mismatch("num_kv_heads", key0[1], "past_key_values.0.key dim 1")
     mismatch("head_dim", key0[3], "past_key_values.0.key dim 3")
-    draft = manifest.get("draft")
-    if draft is not None:  # a draft-only folder (quantize/draft_head.py): its head scores a subset of the ids
-        n = draft.get("vocab") if isinstance(draft, dict) else None
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= want["vocab_size"]:
-            raise damaged(f"its manifest's draft vocab is {n!r}, not an integer in 1..{want['vocab_size']}")
-        if (g.outputs["logits"] or [None])[-1] != n:
-            raise damaged(f"its manifest says the draft head scores {n} tokens but {MODEL}'s logits have "
-                          f"{(g.outputs['logits'] or [None])[-1]}")
-    else:
-        mismatch("vocab_size", (g.outputs["logits"] or [None])[-1], "logits' last dim")
+    mismatch("vocab_size", (g.outputs["logits"] or [None])[-1], "logits' last dim")
     if g.attention:
         mismatch("num_layers", len(g.attention), "GroupQueryAttention nodes")
         mismatch("num_heads", g.attention[0].get("num_heads"), "GroupQueryAttention num_heads")

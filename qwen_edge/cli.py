@@ -273,27 +273,6 @@ def quantize_(
                              f"{size / 2**20:.1f} MiB in {m['quantize_seconds']:.1f} s{extra}"])
 
 
-@app.command("draft")
-def draft_(
-    model: Path = typer.Argument(..., help="artifact folder to make a draft from (a quantized file: int4 is fastest)"),
-    output: Path = typer.Option(..., "-o", "--output", help="draft-only artifact folder to write"),
-    vocab: int = typer.Option(32768, help="tokens the draft's LM head keeps (the most frequent in the corpus)"),
-    calibration: str = typer.Option("enwiki", help="corpus counted for token frequencies: 'enwiki' or a UTF-8 text file"),
-    code: bool = typer.Option(True, "--code/--no-code", help="also count Python code (the standard library's sources)"),
-    force: bool = typer.Option(False, "--force", help="replace an existing output folder (one qwen-edge wrote)"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress on stderr"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
-) -> None:
-    """A draft-only copy whose LM head scores only the frequent tokens: a cheaper draft step (run --draft)."""
-    from .quantize.draft_head import make_draft
-    m = make_draft(model, output, vocab=vocab, calibration=calibration, code=code, force=force, progress=progress)
-    d = m["draft"]
-    size = sum(m["sizes"].values())
-    _emit({"output": str(output), "vocab": d["vocab"], "of": d["of"], "coverage": d["coverage"], "size_bytes": size},
-          as_json, [f"draft {output}: head over {d['vocab']:,} of {d['of']:,} tokens ({d['coverage']:.2%} of the "
-                    f"corpus's tokens), {size / 2**20:.1f} MiB; use it as --draft {output}"])
-
-
 @app.command("serve")
 def serve_(
     model: Path = typer.Argument(..., help="artifact folder"),

@@ -206,11 +206,6 @@ CLI_CASES = [
     ("bench-new-tokens", "bench {ws}/art --new-tokens 1", "new_tokens must be an integer >= 2"),
     ("bench-too-long", "bench {ws}/art --prompt-tokens 120 --new-tokens 64", "exceeds the model's"),
     ("bench-damaged", "bench {ws}/art_bytes", "does not match its manifest"),
-    ("draft-missing-folder", "draft {ws}/nope -o {out}", "no such model folder"),
-    ("draft-vocab-too-small", "draft {ws}/art -o {out} --vocab 10", "--vocab must be an integer in 256.."),
-    ("draft-user-folder", "draft {ws}/art -o {ws}/user --vocab 300 --force", "did not write"),
-    ("draft-calibration-missing", "draft {ws}/art -o {out} --vocab 300 --calibration {ws}/nope.txt",
-     "no such file: "),
     # eval
     ("eval-ctx-0", "eval {ws}/art --dataset {ws}/text.txt --ctx 0", "--ctx must be at least 2"),
     ("eval-stride-0", "eval {ws}/art --dataset {ws}/text.txt --stride 0", "--stride must be at least 1"),

@@ -47,9 +47,6 @@ export function checkFolder(folder, { verify = true } = {}) {
   if (m.format !== "qwen-edge-artifact" || typeof m.files !== "object" || typeof m.model !== "object") {
     throw new QwenEdgeError(`${mpath} is not a qwen-edge manifest`);
   }
-  if (m.draft) {  // `qwen-edge draft`: its head scores part of the vocabulary; only Python's --draft uses it
-    throw new QwenEdgeError(`${folder} is a draft-only model (its head scores ${m.draft.vocab} tokens): load the folder it was made from`);
-  }
   if ((m.format_version ?? 0) > 1) throw new QwenEdgeError(`${folder} has artifact format ${m.format_version}: upgrade qwen-edge`);
   for (const name of ["model.onnx", "tokenizer.json"]) {
     if (!(name in m.files)) throw new QwenEdgeError(`${folder} is damaged: its manifest does not list ${name}`);

@@ -62,9 +62,6 @@ export async function loadModelFromUrl(baseUrl, deps, { threads = 1, maxLength, 
   if (manifest.format !== "qwen-edge-artifact" || !manifest.files || !manifest.model) {
     throw new QwenEdgeError(`${base} is not a qwen-edge model folder`);
   }
-  if (manifest.draft) {  // `qwen-edge draft`: its head scores part of the vocabulary; only Python's --draft uses it
-    throw new QwenEdgeError(`the model is a draft-only model (its head scores ${manifest.draft.vocab} tokens): load the folder it was made from`);
-  }
   const listed = (name, kind) => (name in manifest.files ? get(base, name, kind, fetchFn) : Promise.resolve(null));
   const [tokJson, tokenizerConfig, generationConfig, templateText] = await Promise.all([
     get(base, "tokenizer.json", "json", fetchFn), listed("tokenizer_config.json", "json"),

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import artifact as A
-from ..errors import InputError, QwenEdgeError
+from ..errors import QwenEdgeError
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -23,9 +23,6 @@ class OnnxLM:
         self.folder = Path(folder)
         self.manifest = A.read_manifest(self.folder)  # missing folder / not an artifact: QwenEdgeError
         A.check(self.folder, self.manifest, verify=verify)  # a damaged or swapped file: scored never
-        if self.manifest.get("draft") is not None:  # its logits cover part of the vocabulary: no KL to score
-            raise InputError(f"{self.folder} is a draft-only model (its head scores {self.manifest['draft'].get('vocab')} "
-                             "tokens): evaluate the folder it was made from")
         from ..footprint import check_artifact
         check_artifact(self.folder, self.manifest, command="eval")
         tok_path = self.folder / "tokenizer.json"

@@ -96,7 +96,7 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
             extra_files(tmp)
         files, sizes = A.file_table(tmp)
         manifest = {
-            "format": A.FORMAT, "format_version": A.WRITE_VERSION, "tool": f"qwen-edge {__version__}",
+            "format": A.FORMAT, "format_version": A.FORMAT_VERSION, "tool": f"qwen-edge {__version__}",
             "source": src.origin, "model": spec.to_dict(), "dtype": dtype, "max_length": max_length,
             "quantization": quantization,
             "graph": {"inputs": ["input_ids", "attention_mask", "past_key_values.N.key", "past_key_values.N.value",

@@ -48,8 +48,7 @@ class Runner:
     pending (fed by the next `forward`). `truncate` rewinds for free: later positions are overwritten.
     """
 
-    def __init__(self, session: Any, spec: dict, max_length: int, prefill_chunk: int = 256,
-                 logits_width: int | None = None):
+    def __init__(self, session: Any, spec: dict, max_length: int, prefill_chunk: int = 256):
         import onnxruntime as ort
         self.session = session
         self.max_length = int(max_length)
@@ -62,8 +61,7 @@ class Runner:
             raise QwenEdgeError("model.onnx has no logits_to_keep input: re-export it with this qwen-edge")
         self.cache = KVCache(spec["num_layers"], spec["num_kv_heads"], spec["head_dim"], self.max_length,
                              _NP_TYPES.get(key0.type, np.float32))
-        # the logits' columns: the vocabulary, or a draft-only head's kept tokens (quantize/draft_head.py)
-        self.vocab_size = int(spec["vocab_size"]) if logits_width is None else int(logits_width)
+        self.vocab_size = int(spec["vocab_size"])
         self.ids = np.zeros(self.max_length, np.int64)  # the sequence; the chunk input views it
         self.n = 0  # ids known
         self.length = 0  # positions in the cache

@@ -33,43 +33,16 @@ Prompt = Union[str, Sequence[Mapping[str, Any]], Sequence[int], np.ndarray]
 DEFAULT_MAX_NEW_TOKENS = 512
 
 
-def _draft_ids(folder: Path, manifest: dict) -> np.ndarray:
-    """A draft-only folder's kept token ids, checked (ascending, distinct, in the vocabulary, as counted)."""
-    d = manifest["draft"]
-    name = d.get("ids") if isinstance(d, dict) else None
-    if name not in manifest["files"] or "/" in str(name):
-        raise ArtifactError(f"{folder} is damaged: its draft's id list {name!r} is not one of its files")
-    try:
-        ids = np.asarray(json.loads((folder / name).read_text(encoding="utf-8")), np.int64)
-    except (OSError, ValueError, TypeError) as e:
-        raise ArtifactError(f"{folder} is damaged: cannot read {name} ({e})") from None
-    V = int(manifest["model"]["vocab_size"])
-    if (ids.ndim != 1 or ids.size != d.get("vocab") or (ids.size and (ids[0] < 0 or ids[-1] >= V))
-            or np.any(np.diff(ids) <= 0)):
-        raise ArtifactError(f"{folder} is damaged: {name} is not {d.get('vocab')} ascending token ids below {V}")
-    return ids
-
-
 class Model:
     def __init__(self, folder: str | Path, *, threads: int = 0, provider: str = "cpu", max_length: int | None = None,
                  arena: bool = True, spin: bool = True, prefill_chunk: int = 256, use_jinja: bool | None = None,
                  verify: bool = True, draft: str | Path | Model | None = None, draft_tokens: int = 8,
-                 lookup: int | None = None, _draft_only_ok: bool = False):
+                 lookup: int | None = None):
         self.folder = Path(folder)
         self.manifest = A.read_manifest(self.folder)
         # Damaged or swapped files fail here, naming the file, not later as garbage text (artifact.py).
         self.verified = A.check(self.folder, self.manifest, verify=verify)
         self.spec = self.manifest["model"]
-        # A draft-only folder (`qwen-edge draft`): logit column i scores token draft_vocab[i]; it proposes
-        # tokens for a target and never generates alone (it cannot produce the other tokens).
-        self.draft_vocab: np.ndarray | None = None
-        if self.manifest.get("draft") is not None:
-            if not _draft_only_ok:
-                d = self.manifest["draft"]
-                raise InputError(f"{self.folder} is a draft-only model (its head scores {d.get('vocab')} of "
-                                 f"{self.spec['vocab_size']} tokens): give it as the draft of a target "
-                                 "(--draft / draft=), or use the folder it was made from")
-            self.draft_vocab = _draft_ids(self.folder, self.manifest)
         limit = int(self.manifest["max_length"])
         if max_length is None:
             max_length = limit
@@ -119,8 +92,7 @@ class Model:
             # the draft's threads do not spin after its runs: the target runs next on the same cores (the
             # target keeps spinning: without it a plain step of an int8 target was up to 20 % slower, measured)
             d = Model(draft, threads=threads, provider=provider, arena=arena, spin=False, verify=verify,
-                      max_length=min(int(dm["max_length"]), self.max_length), prefill_chunk=self.prefill_chunk,
-                      _draft_only_ok=True)
+                      max_length=min(int(dm["max_length"]), self.max_length), prefill_chunk=self.prefill_chunk)
         check_draft(self, d)
         self.draft, self.draft_tokens = d, draft_tokens
         self._own_draft = not isinstance(draft, Model)
@@ -321,8 +293,7 @@ class Model:
 
     # ------------------------------------------------------------------ caches
     def new_runner(self) -> Runner:
-        width = None if self.draft_vocab is None else int(self.draft_vocab.size)
-        return Runner(self.session, self.spec, self.max_length, self.prefill_chunk, logits_width=width)
+        return Runner(self.session, self.spec, self.max_length, self.prefill_chunk)
 
     def _acquire(self) -> Runner:
         with self._lock:

@@ -137,20 +137,13 @@ class DraftModel:
         t = time.perf_counter()
         out: list[int] = []
         qs: list[np.ndarray] | None = None if sampler.params.greedy else []
-        ids = self.model.draft_vocab  # a draft-only head: column j scores token ids[j] (None: column = id)
         for i in range(k):
             logits = r.forward()
             if qs is None:
-                j = int(logits.argmax())
-                tok = j if ids is None else int(ids[j])
+                tok = int(logits.argmax())
             else:
                 q = probs(logits, sampler.params)
-                j = _draw(q, float(sampler.rng.random()))
-                tok = j if ids is None else int(ids[j])
-                if ids is not None:  # the acceptance rule reads q by token id: 0 for tokens it never proposes
-                    full = np.zeros(self.vocab, q.dtype)
-                    full[ids] = q
-                    q = full
+                tok = _draw(q, float(sampler.rng.random()))
                 qs.append(q)
             out.append(tok)
             if i + 1 < k:
