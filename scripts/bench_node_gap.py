@@ -147,8 +147,14 @@ def small_graph(folder: Path, work: Path) -> Path:
 def run(cmd: list[str]) -> dict:
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "JS": str(JS)})
     if p.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd[:3])} failed: {p.stderr.strip().splitlines()[-1:]}")
+        die(f"error: {' '.join(cmd[:3])} failed: {p.stderr.strip().splitlines()[-1:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def die(msg: str) -> None:
+    """One error line and exit code 2 (bad input), as the CLI does."""
+    print(msg, file=sys.stderr)
+    sys.exit(2)
 
 
 def main() -> None:
@@ -160,6 +166,12 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     folder = a.folder.expanduser().resolve()
+    if not (folder / "qwen_edge.json").is_file() or not (folder / "model.onnx").is_file():
+        die(f"error: {a.folder} is not a qwen-edge model folder")
+    if a.rounds < 1 or a.prompt_tokens < 1 or a.new_tokens < 1:
+        die("error: --rounds, --prompt-tokens and --new-tokens must be >= 1")
+    if not (JS / "node_modules" / "onnxruntime-node").is_dir():
+        die("error: js/node_modules is missing: run `npm ci` in js/ (or bash scripts/test.sh)")
     spec = json.loads((folder / "qwen_edge.json").read_text())["model"]
     L, KV, HD, V = spec["num_layers"], spec["num_kv_heads"], spec["head_dim"], spec["vocab_size"]
     dims = [str(x) for x in (L, KV, HD, V)]

@@ -36,6 +36,12 @@ def plan_of(pred: dict, how: dict, spec) -> dict[str, str]:
     return {k: o.fmt for k, o in chosen.items()}
 
 
+def die(msg: str) -> None:
+    """One error line and exit code 2 (bad input), as the CLI does."""
+    print(msg, file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("manifest_folder", help="an artifact made with --target-size / --target-kl (whole-model pass)")
@@ -44,6 +50,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=None, help="windows for the pass (default: the stored plan's)")
     ap.add_argument("--seed", type=int, default=None, help="window seed (default: the stored plan's)")
     a = ap.parse_args()
+    if a.windows is not None and a.windows < 1:
+        die(f"error: --windows must be >= 1, got {a.windows}")
     from qwen_edge.assets import example_gguf
     from qwen_edge.quantize.calibration_text import calibration_tokens, sample_windows
     from qwen_edge.quantize.plan import LINEAR_CHOICES, TABLE_CHOICES
@@ -51,7 +59,12 @@ def main() -> None:
     from qwen_edge.quantize.sensitivity import predicted_kl_by_layer
     from qwen_edge.sources.tie import tie
     from qwen_edge.sources import open_source
-    man = json.loads((Path(a.manifest_folder) / "qwen_edge.json").read_text())
+    mpath = Path(a.manifest_folder) / "qwen_edge.json"
+    if not mpath.is_file():
+        die(f"error: {a.manifest_folder} is not a qwen-edge model folder")
+    man = json.loads(mpath.read_text())
+    if "sensitivity" not in ((man.get("quantization") or {}).get("plan") or {}).get("how", {}):
+        die(f"error: {a.manifest_folder} was not made with a target: it stores no sensitivity figures")
     how = man["quantization"]["plan"]["how"]
     stored = how["sensitivity"]["predicted_kl"]
     n, seq = how["sensitivity"]["windows"], how["sensitivity"]["seq_len"]
@@ -91,13 +104,12 @@ def main() -> None:
         keys = [(k, f) for k in stored for f in stored[k]]
         ra = np.argsort(np.argsort([stored[k][f] for k, f in keys]))
         rb = np.argsort(np.argsort([pred[k][f] for k, f in keys]))
-        plans = {name: p for name, p in same_plan.items()}
         out["study"] = {
             "spearman_vs_stored": float(np.corrcoef(ra, rb)[0, 1]),
             "tensors_in_another_format": len(out["plan_differences"]),
             # each plan's predicted KL, both read from the stored (reference) figures
             "plan_kl_from_stored_figures": {name: sum(stored[k][f] for k, f in p.items() if f != "fp32" and k in stored)
-                                            for name, p in plans.items()}}
+                                            for name, p in same_plan.items()}}
     print(json.dumps(out, indent=None if a.json else 2))
 
 

@@ -110,6 +110,12 @@ def llama_lookup(gguf: Path, bin_dir: Path, runs: int, new_tokens: int, tokenize
     return {"tps": statistics.median(o["tps"] for o in out), "prompts": out}
 
 
+def die(msg: str) -> None:
+    """One error line and exit code 2 (bad input), as the CLI does."""
+    print(msg, file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quant", type=Path, default=Path.home() / ".cache/qwen-edge/bench/quant")
@@ -118,10 +124,13 @@ def main() -> None:
     ap.add_argument("--llama", type=Path, default=Path.home() / ".cache/qwen-edge/bench/llama-cpp-python-0.3.36/build/bin")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--extra-draft", type=Path, action="append", default=[],
-                    help="also draft fp32 with this artifact (repeatable; e.g. a `qwen-edge draft` folder)")
+                    help="also draft fp32 with this artifact (repeatable; e.g. a faster uniform int4 file)")
     ap.add_argument("--only", default=None, help="run only the rows whose target name starts with this (e.g. fp32)")
     ap.add_argument("--skip", default=None, help="leave out the rows whose name contains this (e.g. lookup)")
     a = ap.parse_args()
+    for d in a.extra_draft:
+        if not (d / "qwen_edge.json").is_file():
+            die(f"error: --extra-draft {d} is not a qwen-edge model folder")
     q = a.quant
     fp32, int8, int4 = q / "fp32", q / "recommended-int8", q / "speed-410MiB"
     def extra(kind: str) -> list:  # beside the int4 draft's row of the same prompts (this machine drifts)
