@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Optional
 import typer
 
 from .errors import InputError, Interrupted, QwenEdgeError
+from .strict_json import dumps_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Qwen dense models to fast, small, verified ONNX models for CPUs.")
@@ -23,7 +23,7 @@ def _root() -> None:
 
 def _emit(data: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print(dumps_report(data, indent=2, sort_keys=True))
     else:
         print("\n".join(lines))
 
@@ -305,7 +305,7 @@ def serve_(
     def ready(url: str, mid: str) -> None:
         print(f"qwen-edge serve: {mid} at {url}/v1 (Ctrl-C or SIGTERM stops)", file=sys.stderr, flush=True)
         if as_json:
-            print(json.dumps({"url": url, "model": mid}), flush=True)
+            print(dumps_report({"url": url, "model": mid}), flush=True)
     try:
         serve(str(model), host=host, port=port, api_key=api_key, parallel=parallel, queue=queue, cache=cache,
               threads=threads, ctx=ctx, max_tokens=max_tokens, max_body=max_body, model_id=model_name,

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import QwenEdgeError
 from ..outputs import Staged
+from ..strict_json import dumps_report
 
 SCHEMA = "qwen-edge-eval-baseline"
 SCHEMA_VERSION = 1
@@ -52,7 +53,7 @@ def write(path: str | Path, run: dict[str, Any], models: dict[str, dict[str, Any
     # --update-baseline asked for this rewrite; it still replaces only a baseline file (or creates one)
     with Staged(path, force=True, is_ours=_is_baseline, kind="file", what="--baseline file") as tmp:
         try:
-            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            tmp.write_text(dumps_report(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         except OSError as e:
             raise QwenEdgeError(f"cannot write baseline {path}: {e.strerror or e}") from None
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import QwenEdgeError
 from ..outputs import Staged, check_target
+from ..strict_json import dumps_report
 
 
 def _head(path: Path, n: int = 4096) -> str:
@@ -54,7 +55,7 @@ def write(kind: str, rep: dict[str, Any], path: str | Path, *, force: bool = Fal
             from .plot import plot
             plot(rep, tmp)
         else:
-            text = {"report": lambda r: json.dumps(r, indent=2, sort_keys=True) + "\n", "junit": junit,
+            text = {"report": lambda r: dumps_report(r, indent=2, sort_keys=True) + "\n", "junit": junit,
                     "markdown": markdown}[kind](rep)
             try:
                 tmp.write_text(text, encoding="utf-8")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..strict_json import dumps_report
 from .generate import Result, TextStream
 
 
@@ -70,7 +70,7 @@ def run_chat(folder: Path, load: dict[str, Any], options: dict[str, Any], *, sys
 def _show(stream: TextStream, as_json: bool, stats: bool) -> Result:
     if as_json:
         stream.read()
-        print(json.dumps(stream.result.to_dict(), ensure_ascii=False), flush=True)
+        print(dumps_report(stream.result.to_dict(), ensure_ascii=False), flush=True)
     else:
         with stream:
             for piece in stream:

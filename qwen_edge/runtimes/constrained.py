@@ -13,20 +13,39 @@ when a constraint is asked for.
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import QwenEdgeError
+from ..errors import InputError, QwenEdgeError
+from .constraint_check import grammar_unproductive, json_text, json_value, schema_unsatisfiable
 
 KINDS = ("json_schema", "json_object", "regex", "grammar")
-# Between JSON tokens: nothing, one space, or a line break and an indent of up to 16 spaces or tabs. Compact
-# and pretty-printed JSON (a model's usual styles) fit; unbounded whitespace let a small model wander in blank
-# space instead of finishing (the tiny test models: runs of 30+ characters), and a bounded run of spaces on a
-# line still let the real 0.5B pad `]                 ,` (scripts/bench_constrained.py).
-WHITESPACE = r"(\r?\n[ \t]{0,16}| )?"
+# Steps the matcher is fed before generation (probe): each step a forced run of tokens (a schema's fixed keys
+# and punctuation) or, where the grammar offers a choice, one allowed token. Far enough to meet the parser's
+# limits where a large schema meets them (the 1,000-property object: at its first token, or behind required
+# keys), a few milliseconds on Qwen's vocabulary.
+PROBE_STEPS = 8
+
+
+class ConstraintFailed(QwenEdgeError):
+    """The parser stopped in the middle of a generation (a limit that the probe's path did not reach)."""
+
+
+def _first_line(err: str) -> str:
+    line = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "unknown error")
+    line = re.sub(r"^(Parser Error|Error|Warning):\s*", "", line)
+    return re.sub(r"[;,]?\s*stopping$", "", line).rstrip("; ")
+
+# Between JSON tokens: nothing, one space, or a line break and an indent of up to 16 spaces. Compact and
+# pretty-printed JSON (a model's usual styles) fit; unbounded whitespace let a small model wander in blank
+# space instead of finishing (the tiny test models: runs of 30+ characters), a bounded run of spaces on a
+# line still let the real 0.5B pad `]                 ,` (scripts/bench_constrained.py), and tabs or a
+# carriage return in the indent let a tiny model write `\r\n\t\t\t\t` plus 12 spaces between every
+# token of a tool call until it ran out of tokens. The same rule for json_schema, json_object and tool calls.
+WHITESPACE = r"(\n {0,16}| )?"
 
 
 @dataclass(frozen=True)
@@ -59,11 +78,17 @@ class Grammars:
         (before any generation)."""
         llg = _llg()
         kind, value = spec.kind, spec.value
+        what = {"json_schema": "JSON schema", "json_object": "JSON object constraint", "regex": "regex",
+                "grammar": "grammar"}.get(kind, kind)
         try:
             if kind == "json_schema":
-                schema = json.loads(value) if isinstance(value, str) else value
+                schema = json_text(value, "the JSON schema") if isinstance(value, str) else value
                 if not isinstance(schema, dict):
                     raise QwenEdgeError("a JSON schema is a JSON object")
+                json_value(schema, "the JSON schema")  # before llguidance: a self-containing dict crashed it
+                why = schema_unsatisfiable(schema)
+                if why:
+                    raise InputError(f"the JSON schema cannot be honoured: {why}")
                 grammar = llg.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_pattern": WHITESPACE})
             elif kind == "json_object":
                 grammar = llg.LLMatcher.grammar_from_json_schema({"type": "object"},
@@ -75,20 +100,58 @@ class Grammars:
             elif kind == "grammar":
                 if not isinstance(value, str) or not value.strip():
                     raise QwenEdgeError("a grammar constraint is non-empty Lark text")
+                why = grammar_unproductive(value)
+                if why:
+                    raise InputError(f"the grammar cannot be honoured: {why}")
                 grammar = llg.LLMatcher.grammar_from_lark(value)
             else:
                 raise QwenEdgeError(f"unknown constraint {kind!r}: use one of {', '.join(KINDS)}")
         except QwenEdgeError:
             raise
-        except (ValueError, TypeError, json.JSONDecodeError) as e:
-            raise QwenEdgeError(f"invalid {kind.replace('_', ' ')}: {e}") from None
+        except (ValueError, TypeError, RecursionError) as e:
+            raise QwenEdgeError(f"invalid {what}: {_first_line(str(e))}") from None
         ok, warnings = _validate(llg, grammar, self.tokenizer)
         if not ok:
-            raise QwenEdgeError(f"invalid {kind.replace('_', ' ')}: {warnings}")
+            raise QwenEdgeError(f"invalid {what}: {_first_line(warnings)}")
+        self.probe(grammar, what)
         return grammar
+
+    def probe(self, grammar: str, what: str) -> None:
+        """Feed the matcher its first steps (a forced run of tokens, else the lowest allowed id): a grammar that
+        allows nothing at all, or a parser limit met on the way, is a QwenEdgeError now rather than an empty or
+        cut reply later. Reaching an accepting state ends the walk early."""
+        llg = _llg()
+        m = llg.LLMatcher(self.tokenizer, grammar, log_level=0)  # errors are read back, not printed
+        mask = llg.numpy.allocate_token_bitmask(1, self.vocab_size)
+        eos = self.tokenizer.eos_token
+        for step in range(PROBE_STEPS):
+            if not m.is_error():
+                llg.numpy.fill_next_token_bitmask(m, mask, 0)
+            if m.is_error():
+                raise InputError(_limit_message(what, m.get_error()))
+            if m.is_accepting():
+                return
+            allowed = np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little")[:self.vocab_size])
+            allowed = allowed[allowed != eos]
+            if allowed.size == 0:
+                if step == 0 or m.is_stopped():
+                    raise InputError(f"the {what} cannot be honoured: no output can satisfy it "
+                                     "(its parser allows no first token)")
+                return
+            forced = [int(t) for t in m.compute_ff_tokens()][:256] or [int(allowed[0])]
+            if not m.consume_tokens(forced) or m.is_error():
+                raise InputError(_limit_message(what, m.get_error()))
 
     def constraint(self, spec: ConstraintSpec) -> Constraint:
         return Constraint(self, self.compile(spec))
+
+
+def _limit_message(what: str, err: str) -> str:
+    line = _first_line(err)
+    if "max is" in line or "too many" in line.lower() or "fuel" in line.lower():
+        return (f"the {what} is too complex for the constraint parser (llguidance: {line}): "
+                "use fewer optional properties or alternatives")
+    return f"the {what} cannot be honoured: {line}"
 
 
 def _validate(llg: Any, grammar: str, tokenizer: Any) -> tuple[bool, str]:
@@ -105,10 +168,10 @@ class Constraint:
     def __init__(self, grammars: Grammars, grammar: str):
         llg = _llg()
         self._np = llg.numpy
-        self.matcher = llg.LLMatcher(grammars.tokenizer, grammar)
+        self.matcher = llg.LLMatcher(grammars.tokenizer, grammar, log_level=0)
         err = self.matcher.get_error()
         if err:
-            raise QwenEdgeError(f"the constraint cannot start: {err}")
+            raise QwenEdgeError(f"the constraint cannot start: {_first_line(err)}")
         self.bitmask = self._np.allocate_token_bitmask(1, grammars.vocab_size)
         self.vocab_size = grammars.vocab_size
         self.mask_s = 0.0  # time computing masks (the cost per token: docs/runtime.md)
@@ -128,7 +191,8 @@ class Constraint:
 
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(int(token)):
-            raise QwenEdgeError(f"constrained decoding: token {token} was not allowed ({self.matcher.get_error()})")
+            raise ConstraintFailed(f"constrained decoding stopped: {_first_line(self.matcher.get_error() or '')} "
+                                   f"(token {token} after {self.masks} tokens)")
 
     @property
     def done(self) -> bool:

@@ -16,6 +16,11 @@ from ..errors import QwenEdgeError
 from .sampler import SamplingParams, _additive, _as_logits, _penalize
 
 MAX_TOP = 20  # OpenAI's limit for top_logprobs
+# A token's own log-probability is never -inf in practice (it was drawn, so its probability was not zero),
+# but a float that JSON cannot carry must never reach a writer: such a value is given as this floor (the
+# figure OpenAI's API uses for a token it would not sample). Alternatives a constraint masked out have
+# probability zero and are left out of `top`, which may then hold fewer than N entries.
+LOGPROB_FLOOR = -9999.0
 
 
 @dataclass
@@ -40,13 +45,16 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def entry(lp: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """The token's log-probability and the `top` most likely alternatives with a finite one (masked tokens,
+    at -inf, are not alternatives)."""
     alts: list[tuple[int, float]] = []
     if top:
         k = min(top, lp.size)
         idx = np.argpartition(-lp, k - 1)[:k]
         idx = idx[np.argsort(-lp[idx], kind="stable")]
-        alts = [(int(i), float(lp[i])) for i in idx]
-    return TokenLogprob(int(token), float(lp[token]), alts)
+        alts = [(int(i), float(lp[i])) for i in idx if np.isfinite(lp[i])]
+    own = float(lp[token])
+    return TokenLogprob(int(token), own if np.isfinite(own) else LOGPROB_FLOOR, alts)
 
 
 def sampled(logits: np.ndarray, params: SamplingParams, history: np.ndarray | None, generated: np.ndarray | None,

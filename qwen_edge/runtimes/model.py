@@ -127,21 +127,29 @@ class Model:
         return cls(folder, **kwargs)
 
     # ------------------------------------------------------------------ text
+    def _open(self) -> None:
+        if self.session is None:
+            raise QwenEdgeError(f"the model {self.folder} is closed: load it again")
+
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        self._open()
         if not isinstance(text, str):
             raise InputError(f"text to encode must be a string, got {type(text).__name__}")
         return self.tokenizer.encode(check_text(text, "the text"), add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        self._open()
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **kw: Any) -> str:
         """The chat as the prompt text the model sees."""
+        self._open()
         if self.template.source is None:
             raise QwenEdgeError(f"{self.folder} has no chat template: pass raw text or token ids")
         return self.template.render(messages, add_generation_prompt=add_generation_prompt, **kw)
 
     def prompt_ids(self, prompt: Prompt, tools: list[dict] | None = None) -> list[int]:
+        self._open()
         if isinstance(prompt, (bytes, bytearray, memoryview)):  # a Sequence of ints, but never token ids
             raise InputError(f"a prompt of {type(prompt).__name__} is not accepted: decode it to a string first "
                              "(or pass token ids as a list of ints)")
@@ -150,6 +158,8 @@ class Model:
         if isinstance(prompt, np.ndarray):
             prompt = prompt.reshape(-1).tolist()
         if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+            from .tools import check_tool_messages
+            check_tool_messages([dict(m) for m in prompt])
             if tools is not None or any(m.get("tool_calls") for m in prompt):
                 from .tools import for_template
                 return self.encode(self.render(for_template([dict(m) for m in prompt]), tools=tools),
@@ -168,6 +178,7 @@ class Model:
     # ------------------------------------------------------------------ generation
     def sampling(self, **overrides: Any) -> SamplingParams:
         """The model's generation defaults with overrides (None keeps the default)."""
+        self._open()
         return SamplingParams.from_defaults(self.generation_config, **overrides)
 
     def stream(self, prompt: Prompt, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -191,6 +202,7 @@ class Model:
         tools, tool_choice: OpenAI's; rendered by the model's template (tools.py). "required" or a named function
         constrains the reply to valid <tool_call> blocks; `complete` parses them into `result.tool_calls`.
         """
+        self._open()
         from .logprobs import check_top
         top = check_top(logprobs)
         if tools is not None:
@@ -228,6 +240,7 @@ class Model:
     def constraint(self, *, json_schema: Any = None, json_object: bool = False, regex: str | None = None,
                    grammar: str | None = None, spec: Any = None) -> Any:
         """A fresh constrained.Constraint for one generation (None when nothing is asked), checked."""
+        self._open()
         from .constrained import ConstraintSpec, Grammars
         given = [(k, v) for k, v in (("json_schema", json_schema), ("regex", regex), ("grammar", grammar))
                  if v is not None] + ([("json_object", None)] if json_object else [])
@@ -249,6 +262,7 @@ class Model:
     def prompt_logprobs(self, prompt: Prompt, top: int = 0) -> list[Any]:
         """Each prompt token's log-probability given the tokens before it (None for the first) and the `top`
         most likely alternatives: what evaluation harnesses score (logprobs.prompt_logprobs)."""
+        self._open()
         from .logprobs import check_top, prompt_logprobs
         top = check_top(top, "top")
         ids = self.fit(self.prompt_ids(prompt), 1, False)
@@ -275,6 +289,7 @@ class Model:
 
     def chat(self, system: str | None = None, **defaults: Any) -> "Chat":
         """A multi-turn chat that keeps its KV cache between turns; `defaults` are `stream` options."""
+        self._open()
         from .chat import Chat
         return Chat(self, system=system, **defaults)
 
@@ -293,6 +308,7 @@ class Model:
 
     # ------------------------------------------------------------------ caches
     def new_runner(self) -> Runner:
+        self._open()
         return Runner(self.session, self.spec, self.max_length, self.prefill_chunk)
 
     def _acquire(self) -> Runner:
@@ -340,6 +356,7 @@ class Model:
     @property
     def kv_cache_bytes(self) -> int:
         """Bytes of one preallocated KV cache (each generation or chat holds one)."""
+        self._open()
         key = next(i for i in self.session.get_inputs() if i.name == "past_key_values.0.key")
         item = 2 if key.type == "tensor(float16)" else 4
         s = self.spec

@@ -16,29 +16,87 @@ from typing import Any
 
 from ..errors import QwenEdgeError
 from .constrained import WHITESPACE
+from .constraint_check import json_value
 
 _CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
 OPEN = "<tool_call>"
 
 
 def check_tools(tools: Any) -> list[dict]:
-    """OpenAI's tools list: [{"type": "function", "function": {"name", "description"?, "parameters"?}}]."""
+    """OpenAI's tools list: [{"type": "function", "function": {"name", "description"?, "parameters"?, "strict"?}}].
+
+    OpenAI's rules: `parameters` is a JSON schema of type object (left out: no arguments); with
+    `"strict": true` every object in it gets `additionalProperties: false` where it says nothing."""
     if not isinstance(tools, list) or not tools:
         raise QwenEdgeError("tools must be a non-empty list of {'type': 'function', 'function': {...}}")
     out, names = [], set()
     for i, t in enumerate(tools):
-        f = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
-        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", f["name"]):
-            raise QwenEdgeError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name' (a-z, 0-9, _ . -, "
-                                f"up to 64 characters), 'description', 'parameters'}}}}: a tool needs a name")
-        params = f.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(params, dict):
-            raise QwenEdgeError(f"tools[{i}].function.parameters must be a JSON schema object")
-        if f["name"] in names:
-            raise QwenEdgeError(f"two tools are named {f['name']!r}")
-        names.add(f["name"])
+        if not isinstance(t, dict):
+            raise QwenEdgeError(f"tools[{i}] must be an object {{'type': 'function', 'function': {{...}}}}")
+        if t.get("type") != "function":
+            raise QwenEdgeError(f"tools[{i}].type must be 'function', got {t.get('type')!r}")
+        f = t.get("function")
+        if not isinstance(f, dict):
+            raise QwenEdgeError(f"tools[{i}].function must be an object with a 'name'")
+        name = f.get("name")
+        if not isinstance(name, str):
+            raise QwenEdgeError(f"tools[{i}].function needs a 'name' (a string)")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise QwenEdgeError(f"tools[{i}].function.name {name[:80]!r} is not a function name: 1 to 64 of "
+                                "a-z, A-Z, 0-9, _ . -")
+        if name in names:
+            raise QwenEdgeError(f"two tools are named {name!r}")
+        names.add(name)
+        params = _parameters(f.get("parameters"), f"tools[{i}].function.parameters")
+        if f.get("strict") is True:
+            params = _strict(params)
+        elif f.get("strict") not in (None, False):
+            raise QwenEdgeError(f"tools[{i}].function.strict must be a boolean")
         out.append({"type": "function", "function": {**f, "parameters": params}})
     return out
+
+
+def _parameters(params: Any, where: str) -> dict:
+    if params is None:
+        return {"type": "object", "properties": {}}
+    if not isinstance(params, dict):
+        raise QwenEdgeError(f"{where} must be a JSON schema object of type 'object'")
+    json_value(params, where)  # a cycle or a 100,000-deep object is refused before anything walks it
+    t = params.get("type", "object")
+    if t != "object":
+        raise QwenEdgeError(f"{where} must be a JSON schema of type 'object' (the arguments are a JSON object), "
+                            f"got type {t!r}")
+    return {"type": "object", **params}
+
+
+def _strict(schema: Any) -> Any:
+    """A copy of `schema` in which every object schema without additionalProperties gets `false`."""
+    if isinstance(schema, list):
+        return [_strict(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if (schema.get("type") == "object" or "properties" in schema) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+def check_tool_messages(messages: list) -> None:
+    """A `role: tool` message answers a call made earlier in the conversation: its `tool_call_id`, when
+    given, must be the id of an assistant's earlier tool call (OpenAI answers 400 otherwise)."""
+    ids: set[str] = set()
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            continue
+        calls = m.get("tool_calls") if m.get("role") == "assistant" else None
+        for c in calls if isinstance(calls, list) else []:
+            if isinstance(c, dict) and isinstance(c.get("id"), str):
+                ids.add(c["id"])
+        if m.get("role") == "tool" and m.get("tool_call_id") is not None:
+            tid = m["tool_call_id"]
+            if not isinstance(tid, str) or tid not in ids:
+                known = f" (earlier calls: {', '.join(sorted(ids)[:4])})" if ids else " (no assistant message made a call)"
+                raise QwenEdgeError(f"messages[{i}].tool_call_id {str(tid)[:60]!r} matches no earlier tool call{known}")
 
 
 def choice_names(tools: list[dict], choice: Any) -> list[str] | None:

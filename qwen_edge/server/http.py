@@ -23,18 +23,23 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from ..errors import QwenEdgeError
+from ..strict_json import dumps
 from . import protocol as P
 from .engine import Busy, Closing, Engine, Gone
 from .lifecycle import GracefulServer, StopSignals
 
-# Deepest nesting of arrays and objects a request body may have. Checked on the raw bytes before parsing, so
-# a 100,000-deep array is a 400 and never reaches the parser's recursion limit. JSON schemas rarely pass 20.
-MAX_JSON_DEPTH = 128
 
 
 class Server(GracefulServer):
     allow_reuse_address = True
     request_queue_size = 64
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops its connection (reset, broken pipe, timeout) is ordinary: no traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout, TimeoutError)):
+            return
+        with self.log_lock:
+            super().handle_error(request, client_address)
 
     def __init__(self, addr: tuple[str, int], engine: Engine, *, model_id: str, api_key: str | None,
                  max_body: int, max_tokens: int, log: Any = sys.stderr):
@@ -80,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         text = message or HTTPStatus(code).phrase
         codes = {400: "bad_request", 414: "uri_too_long", 431: "headers_too_large", 501: "method_not_allowed",
                  505: "http_version_not_supported"}
-        data = json.dumps(P.ApiError(code, f"{text} (HTTP {code})", code=codes.get(code, "bad_request")).body())
+        data = dumps(P.ApiError(code, f"{text} (HTTP {code})", code=codes.get(code, "bad_request")).body())
         try:
             self.send_response(code, text)
             self.send_header("Content-Type", "application/json")
@@ -109,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_PUT
 
     def _handle(self, routes: dict) -> None:
-        self._t0, self._status, self._tokens, self._streaming = time.perf_counter(), 0, "", False
+        self._t0, self._status, self._tokens, self._streaming = time.perf_counter(), 0, "", None
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
             if self.server.stopping.is_set():
@@ -132,8 +137,9 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:
             with self.server.log_lock:
                 traceback.print_exc(file=self.server.log)
-            if self._streaming:  # a 200 and some events are out: end the connection, never a JSON mid-stream
+            if self._streaming:  # a 200 and some events are out: the stream still gets its end, then closes
                 self._status, self.close_connection = 500, True
+                self._end_with_error(P.ApiError(500, "internal error", kind="server_error"))
                 return
             try:
                 self._json(500, P.ApiError(500, "internal error", kind="server_error").body())
@@ -217,7 +223,15 @@ class Handler(BaseHTTPRequestHandler):
                                   cancel=lambda: cut.is_set() or self._gone(), constraint=constraint,
                                   top_logprobs=req.logprobs)
             with stream:
-                self._send_stream(req, kind, stream) if req.stream else self._send_whole(req, kind, stream)
+                try:
+                    self._send_stream(req, kind, stream) if req.stream else self._send_whole(req, kind, stream)
+                except QwenEdgeError as e:  # the constraint's parser stopped mid-generation (constrained.py)
+                    error = P.ApiError(400, str(e), "response_format" if req.tools is None else "tools",
+                                       "constraint_failed")
+                    if not self._streaming:
+                        raise error from None
+                    self._status, self.close_connection = 400, True
+                    self._end_with_error(error)
         finally:
             eng.release()
             if stream is not None:  # the log line's token counts, however the stream ended
@@ -273,9 +287,21 @@ class Handler(BaseHTTPRequestHandler):
             return P.chat_logprobs(entries, model.tokenizer)
         return P.completion_logprobs((self._echo_lp if first else []) + entries, model.tokenizer)
 
+    def _end_with_error(self, error: P.ApiError) -> None:
+        """A stream that cannot go on still ends as a stream: OpenAI's error event (the openai client raises
+        it), a final chunk with finish_reason "error", `[DONE]` and the chunked terminator."""
+        kind, rid, mid = self._streaming
+        try:
+            self._event(error.body())
+            self._event(P.chunk(kind, rid, mid, None, "error"))
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")
+        except OSError:
+            self.close_connection = True
+
     def _send_stream(self, req: P.Request, kind: str, stream: Any) -> None:
         rid, mid = P.new_id(kind), self.server.model_id
-        self._status, self._streaming = 200, True
+        self._status, self._streaming = 200, (kind, rid, mid)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -359,8 +385,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise P.ApiError(400, f"the request body ended after {len(raw)} of its {n} bytes")
         depth = P.json_depth(raw)
-        if depth > MAX_JSON_DEPTH:
-            raise P.ApiError(400, f"the request body nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
+        if depth > P.MAX_JSON_DEPTH:  # on the raw bytes: a 100,000-deep array never reaches the parser
+            raise P.ApiError(400, f"the request body nests {depth} levels deep; at most {P.MAX_JSON_DEPTH} are accepted")
         try:
             return json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -403,7 +429,7 @@ class Handler(BaseHTTPRequestHandler):
             return True
 
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        data = dumps(obj, ensure_ascii=False).encode("utf-8")
         self._status = status
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -418,7 +444,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _event(self, obj: Any) -> None:
-        self._chunk(b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n")
+        self._chunk(b"data: " + dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n")
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

@@ -7,12 +7,12 @@ fields are refused too, so a client never believes a setting took effect when it
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtimes.constraint_check import MAX_JSON_DEPTH, json_depth  # noqa: F401 (request bodies: http.py)
 from ..runtimes.template import check_text
 
 
@@ -32,13 +32,22 @@ class ApiError(Exception):
 SAMPLING = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "seed": int,
             "frequency_penalty": float, "presence_penalty": float, "repetition_penalty": float}
 COMMON = {"model", "stream", "stream_options", "max_tokens", "stop", *SAMPLING}
-# Accepted when they mean "off"; any other value is a 400 (we cannot do what it asks).
-OFF = {"n": (None, 1), "logprobs": None, "top_logprobs": None, "tools": None,
-       "tool_choice": None, "functions": (None, []), "function_call": (None, "none", "auto"),
-       "parallel_tool_calls": (None, True, False), "logit_bias": (None, {}), "user": None, "store": (None, False),
-       "metadata": None, "service_tier": (None, "auto", "default"), "response_format": None,
-       "echo": None, "best_of": (None, 1), "suffix": (None, ""), "modalities": (None, ["text"]),
-       "reasoning_effort": None}
+# Accepted when they mean "off"; any other value is a 400 saying why (we cannot do what it asks). None: any
+# value is accepted here and checked where the field is read.
+ONE_CHOICE = "this server generates one choice per request"
+OFF: dict[str, tuple[tuple, str] | None] = {
+    "n": ((None, 1), ONE_CHOICE), "best_of": ((None, 1), ONE_CHOICE),
+    "logprobs": None, "top_logprobs": None, "tools": None, "tool_choice": None, "response_format": None,
+    "echo": None, "user": None, "metadata": None, "reasoning_effort": None,
+    "functions": ((None, []), "the legacy 'functions' API is not supported: send 'tools'"),
+    "function_call": ((None, "none", "auto"), "the legacy 'function_call' is not supported: send 'tool_choice'"),
+    "parallel_tool_calls": ((None, True, False), "it is a boolean"),
+    "logit_bias": ((None, {}), "constrain the output with response_format instead"),
+    "store": ((None, False), "this server stores nothing"),
+    "service_tier": ((None, "auto", "default"), "this server has one tier"),
+    "suffix": ((None, ""), "fill-in-the-middle is not supported"),
+    "modalities": ((None, ["text"]), "this server writes text only"),
+}
 CHAT = COMMON | {"messages", "max_completion_tokens"} | set(OFF)
 COMPLETION = COMMON | {"prompt"} | set(OFF)
 
@@ -58,6 +67,11 @@ class Request:
     tools: list | None = None  # chat: OpenAI's tools, checked (runtimes/tools.py)
     tool_choice: Any = None
     parallel_tool_calls: bool = True
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _type_name(v: Any) -> str:
@@ -84,10 +98,9 @@ def parse(body: Any, kind: str, model_id: str, max_tokens_cap: int, aliases: tup
     for key in body:
         if key not in allowed:
             raise ApiError(400, f"unsupported field '{key}'", key)
-    for key, values in OFF.items():
-        if key in body and values is not None and body[key] not in values:
-            raise ApiError(400, f"'{key}' = {body[key]!r} is not supported by this server "
-                                f"(qwen-edge generates one text choice, without tools)", key)
+    for key, rule in OFF.items():
+        if key in body and rule is not None and body[key] not in rule[0]:
+            raise ApiError(400, f"'{key}' = {_short(body[key])} is not supported: {rule[1]}", key)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required (a string)", "model")
@@ -282,6 +295,12 @@ def _messages(body: dict) -> list[dict[str, str]]:
         if not isinstance(content, str):
             raise ApiError(400, f"{where}.content must be a string or an array of text parts", f"{where}.content")
         out.append({"role": "system" if role == "developer" else role, "content": _text(content, where)})
+    from ..errors import QwenEdgeError
+    from ..runtimes.tools import check_tool_messages
+    try:
+        check_tool_messages(msgs)
+    except QwenEdgeError as e:
+        raise ApiError(400, str(e), "messages") from None
     return out
 
 
@@ -300,7 +319,8 @@ def _prompt(body: dict) -> str | list[int]:
 
 
 # --- responses ------------------------------------------------------------------------------------------
-FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop", "tool_calls": "tool_calls"}
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop", "tool_calls": "tool_calls",
+          "error": "error"}  # "error": a stream that failed after its first event (after an error event)
 
 
 def new_id(kind: str) -> str:
@@ -363,21 +383,3 @@ def chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None 
                 "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]}
     return {"id": rid, "object": "text_completion", "created": created, "model": model,
             "choices": [{"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": reason}]}
-
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-
-
-def json_depth(raw: bytes) -> int:
-    """How deep arrays and objects nest in a JSON text, brackets inside strings not counted.
-
-    No recursion and no per-byte Python loop: strings are blanked by a regex, every byte but brackets is
-    dropped, and the running depth is a cumulative sum (1 MiB of '[' takes a few milliseconds)."""
-    import numpy as np
-    b = _JSON_STRING.sub(b'""', raw).translate(None, _BRACKETS)
-    if not b:
-        return 0
-    a = np.frombuffer(b, np.uint8)
-    steps = np.where((a == ord("[")) | (a == ord("{")), 1, -1).astype(np.int32)
-    return int(np.cumsum(steps).max())
