@@ -41,7 +41,7 @@ class ServerProcess:
         r = c.getresponse()
         data = r.read()
         c.close()
-        return r.status, (json.loads(data) if data else None), dict(r.getheaders())
+        return r.status, (strict_json(data) if data else None), dict(r.getheaders())
 
     def rss_mib(self) -> float:
         with open(f"/proc/{self.p.pid}/status") as f:
@@ -50,6 +50,23 @@ class ServerProcess:
     def stop(self) -> int:
         self.p.terminate()
         return self.p.wait(timeout=30)
+
+
+def strict_json(data: bytes | str):
+    """Parse as JavaScript's JSON.parse (and Go's, Rust's) would: NaN, Infinity and -Infinity are errors."""
+    def refuse(name: str):
+        raise ValueError(f"not JSON: {name} (a strict parser rejects the whole document)")
+    return json.loads(data, parse_constant=refuse)
+
+
+def sse_events(body: bytes) -> list:
+    """The `data:` events of a server-sent-events body, each parsed strictly ("[DONE]" kept as the string)."""
+    out = []
+    for line in body.decode("utf-8").split("\n"):
+        if line.startswith("data: "):
+            d = line[len("data: "):]
+            out.append(d if d == "[DONE]" else strict_json(d))
+    return out
 
 
 def raw_exchange(host: str, port: int, data: bytes, *, half_close: bool = False, timeout: float = 30) -> bytes:

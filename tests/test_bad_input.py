@@ -109,6 +109,15 @@ def ws(tmp_path_factory) -> Path:
     (ws / "bad.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (10**12).to_bytes(8, "little") * 2)
     (ws / "magic.gguf").write_bytes(b"NOPE" * 16)
     (ws / "bad_utf8.txt").write_bytes(b"ok\n\xff\xfe\n")
+    # constraints no output can honour, or that no parser should be handed
+    (ws / "cycle.json").write_text(json.dumps({
+        "$defs": {"a": {"type": "object", "properties": {"b": {"$ref": "#/$defs/b"}}, "required": ["b"]},
+                  "b": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "required": ["a"]}},
+        "$ref": "#/$defs/a"}))
+    (ws / "loop.lark").write_text("start: start\n")
+    (ws / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (ws / "big.json").write_text(json.dumps({"type": "object", "properties": {
+        f"p{i}": {"type": "integer"} for i in range(1000)}}))
     return ws
 
 
@@ -201,6 +210,16 @@ CLI_CASES = [
     ("run-damaged-missing", "run {ws}/art_nodata -p hi", "model.onnx.data is missing"),
     ("run-swapped-tokenizer", "run {ws}/art_tok -p hi", "tokenizer.json does not match its manifest"),
     ("run-damaged-manifest", "run {ws}/art_manifest -p hi", "cannot read"),
+    ("run-schema-cycle", "run {ws}/art -p hi --json-schema {ws}/cycle.json", "no finite JSON value satisfies it"),
+    ("run-grammar-no-string", "run {ws}/art -p hi --grammar {ws}/loop.lark", "the grammar has no finite string"),
+    ("run-schema-deep", "run {ws}/art -p hi --json-schema {ws}/deep.json", "nests 100000 levels deep; at most 128"),
+    ("run-schema-too-complex", "run {ws}/art -p hi --json-schema {ws}/big.json",
+     "too complex for the constraint parser (llguidance: Current row has"),
+    ("quantize-target-kl-tiny", "quantize {ws}/src -o {out} --target-kl 1e-12",
+     "--target-kl 1e-12 is below what the sensitivity pass resolves"),
+    ("quantize-target-size-kib", "quantize {ws}/src -o {out} --target-size 1KiB",
+     "--target-size 1.0 KiB is below the smallest plan"),
+    ("quantize-target-size-tb", "quantize {ws}/src -o {out} --target-size 1TB", "is at or above the all-int8 size"),
     # bench
     ("bench-runs", "bench {ws}/art --runs 0", "runs must be an integer >= 1"),
     ("bench-new-tokens", "bench {ws}/art --new-tokens 1", "new_tokens must be an integer >= 2"),
@@ -312,7 +331,30 @@ def _api_cases():
          OutputError, "already exists"),
         ("api-sampling-top-p", lambda ws, out: sampling(top_p=0.0), QwenEdgeError, "top_p must be in (0, 1]"),
         ("api-sampling-seed", lambda ws, out: sampling(seed=-1), QwenEdgeError, "seed must be an integer >= 0"),
+        ("api-schema-contains-itself", lambda ws, out: model(ws).generate("hi", json_schema=_self_containing()),
+         InputError, "the JSON schema contains itself at /properties/x"),
+        ("api-schema-cycle", lambda ws, out: model(ws).generate("hi", json_schema=json.loads(
+            (ws / "cycle.json").read_text())), InputError, "no finite JSON value satisfies it"),
+        ("api-generate-after-close", lambda ws, out: _closed(model(ws)).generate("hi"), QwenEdgeError,
+         "is closed: load it again"),
+        ("api-tool-parameters-string", lambda ws, out: model(ws).generate("hi", tools=[{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "string"}}}], tool_choice="required"), QwenEdgeError,
+         "tools[0].function.parameters must be a JSON schema of type 'object'"),
+        ("api-tool-call-id", lambda ws, out: model(ws).generate([{"role": "user", "content": "x"}, {
+            "role": "tool", "tool_call_id": "call_9", "content": "1"}]), QwenEdgeError,
+         "messages[1].tool_call_id 'call_9' matches no earlier tool call"),
     ]
+
+
+def _self_containing() -> dict:
+    d: dict = {"type": "object"}
+    d["properties"] = {"x": d}
+    return d
+
+
+def _closed(m):
+    m.close()
+    return m
 
 
 API_CASES = _api_cases()

@@ -109,7 +109,47 @@ BAD = [  # (what, method, path, body, headers, status, words)
     ("n=2", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}], "n": 2},
      {}, 400, "'n' = 2 is not supported"),
     ("tools", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}],
-                                               "tools": [{"type": "function"}]}, {}, 400, "a tool needs a name"),
+                                               "tools": [{"type": "function"}]}, {}, 400,
+     "tools[0].function must be an object with a 'name'"),
+    ("tool type", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}],
+                                                   "tools": [{"type": "fn", "function": {"name": "f"}}]}, {}, 400,
+     "tools[0].type must be 'function', got 'fn'"),
+    ("tool name", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}],
+                                                   "tools": [{"type": "function", "function": {"name": "a b"}}]}, {},
+     400, "tools[0].function.name 'a b' is not a function name"),
+    ("tool parameters not an object", "POST", "/v1/chat/completions", {
+        "model": "M", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, {}, 400,
+     "must be a JSON schema of type 'object'"),
+    ("tool_call_id matches no call", "POST", "/v1/chat/completions", {"model": "M", "messages": [
+        {"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_2", "content": "42"}]}, {}, 400,
+     "messages[2].tool_call_id 'call_2' matches no earlier tool call (earlier calls: call_1)"),
+    ("logit_bias", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}],
+                                                    "logit_bias": {"1": 5}}, {}, 400,
+     "'logit_bias' = {'1': 5} is not supported: constrain the output with response_format instead"),
+    ("best_of", "POST", "/v1/completions", {"model": "M", "prompt": "x", "best_of": 3}, {}, 400,
+     "'best_of' = 3 is not supported: this server generates one choice per request"),
+    ("parallel_tool_calls", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}],
+                                                             "parallel_tool_calls": "yes"}, {}, 400,
+     "'parallel_tool_calls' = 'yes' is not supported: it is a boolean"),
+    ("schema with a $ref cycle", "POST", "/v1/chat/completions", {
+        "model": "M", "messages": [{"role": "user", "content": "x"}], "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "$defs": {"a": {"type": "object", "properties": {"b": {"$ref": "#/$defs/b"}}, "required": ["b"]},
+                          "b": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "required": ["a"]}},
+                "$ref": "#/$defs/a"}}}}, {}, 400, "no finite JSON value satisfies it"),
+    ("schema too complex", "POST", "/v1/chat/completions", {
+        "model": "M", "messages": [{"role": "user", "content": "x"}], "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(1000)}}}}}, {}, 400,
+     "too complex for the constraint parser (llguidance: Current row has"),
+    ("schema too complex, streamed", "POST", "/v1/chat/completions", {
+        "model": "M", "messages": [{"role": "user", "content": "x"}], "stream": True, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(1000)}}}}}, {}, 400,
+     "too complex for the constraint parser"),
     ("image", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, {}, 400, "only text parts"),
     ("unknown field", "POST", "/v1/chat/completions", {"model": "M", "messages": [{"role": "user", "content": "x"}],

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_process import ServerProcess, default_sigint, parse_reply, raw_exchange
+from serve_process import strict_json, ServerProcess, default_sigint, parse_reply, raw_exchange
 from tiny_models import make_tiny
 
 LOG_PREFIXES = ("qwen-edge serve: ", "127.0.0.1 ")
@@ -98,7 +98,7 @@ def events(data: bytes) -> list:
         for line in piece.split(b"\n"):
             if line.startswith(b"data: "):
                 v = line[6:]
-                out.append(v.decode() if v == b"[DONE]" else json.loads(v))
+                out.append(v.decode() if v == b"[DONE]" else strict_json(v))
     return out
 
 
@@ -148,7 +148,25 @@ def test_a_second_signal_cuts_at_once(tiny):
     assert_clean_exit(s, timeout=30)
     assert time.monotonic() - t0 < 30  # not the 120 s grace period
     ev = events(data)
-    assert ev and (ev[-1] == "[DONE]" or "finish_reason" in json.dumps(ev[-1]))
+    assert data.endswith(b"0\r\n\r\n"), data[-200:]  # the chunked terminator: the stream ended, not cut
+    assert ev[-1] == "[DONE]" and ev[-2]["choices"][0]["finish_reason"] == "length", ev[-3:]
+
+
+def test_two_signals_in_quick_succession_still_end_every_stream(tiny):
+    """Two SIGTERMs 0.3 s apart during a stream with a grace period (the second skips the wait): each trial's
+    stream still ends with its final chunk, [DONE] and the chunked terminator, and the exit code is 0."""
+    for trial in range(4):
+        s = start(tiny, "--shutdown-timeout", "5")
+        sock = stream_request(s)
+        s.p.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        s.p.send_signal(signal.SIGTERM)
+        data = read_to_close(sock)
+        assert_clean_exit(s, timeout=30)
+        ev = events(data)
+        assert data.endswith(b"0\r\n\r\n"), (trial, data[-200:])
+        assert ev[-1] == "[DONE]" and ev[-2]["choices"][0]["finish_reason"] == "length", (trial, ev[-3:])
+        assert not any("499" in ln for ln in s.log), s.log
 
 
 def test_idle_keep_alive_connections_do_not_hold_the_stop(tiny):
@@ -275,3 +293,18 @@ def test_real_int4_sigterm_during_a_stream(real_int4):
         assert ev[-1] == "[DONE]" and ev[-2]["choices"][0]["finish_reason"] in ("length", "stop"), (trial, ev[-3:])
         text = "".join(e["choices"][0]["delta"].get("content") or "" for e in ev[:-1])
         print(f"trial {trial}: {len(ev) - 3} chunks before the stop: {text[:80]!r}")
+
+
+@pytest.mark.real
+def test_real_int4_two_signals_during_a_stream(real_int4):
+    """The second signal skips the grace period; the real model's stream still gets its end."""
+    s = ServerProcess(real_int4, "--ctx", "1024", "--threads", "2", "--shutdown-timeout", "5")
+    sock = stream_request(s, max_tokens=900)
+    s.p.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    s.p.send_signal(signal.SIGTERM)
+    data = read_to_close(sock)
+    assert_clean_exit(s)
+    ev = events(data)
+    assert data.endswith(b"0\r\n\r\n") and ev[-1] == "[DONE]", data[-200:]
+    assert ev[-2]["choices"][0]["finish_reason"] in ("length", "stop"), ev[-3:]

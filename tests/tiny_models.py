@@ -13,13 +13,13 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def tiny_tokenizer(dest: Path, vocab_size: int) -> None:
+def tiny_tokenizer(dest: Path, vocab_size: int, extra_specials: tuple[str, ...] = ()) -> None:
     """A byte-level BPE tokenizer with exactly `vocab_size` entries (specials included)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra_specials]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     text = ["The quick brown fox jumps over the lazy dog. " * 20, "def main():\n    return 42\n" * 20,
@@ -41,6 +41,7 @@ def make_tiny(dest: Path, model_type: str = "qwen2", *, seed: int = 0, config_fo
                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=2, bos_token_id=0,
                                pad_token_id=0)
+    specials = tuple(overrides.pop("specials", ()))  # more special tokens (Qwen's <tool_call>, say)
     rope_theta = overrides.pop("rope_theta", 10000.0)
     rope_scaling = overrides.pop("rope_scaling", None)
     cfg.update(overrides)
@@ -66,7 +67,7 @@ def make_tiny(dest: Path, model_type: str = "qwen2", *, seed: int = 0, config_fo
             c["rope_scaling"] = {"type": p.pop("rope_type"), **p}
         c.pop("layer_types", None)
     (dest / "config.json").write_text(json.dumps(c, indent=2))
-    tiny_tokenizer(dest, cfg["vocab_size"])
+    tiny_tokenizer(dest, cfg["vocab_size"], specials)
     return model, dest
 
 

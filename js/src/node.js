@@ -15,7 +15,7 @@ import * as ort from "onnxruntime-node";
 
 import { InPlaceCache, OwnedCache } from "./cache.js";
 import { Chat, Model, TextStream } from "./core.js";
-import { QwenEdgeError } from "./errors.js";
+import { checkOptions, QwenEdgeError } from "./errors.js";
 import { checkModelFields } from "./graph.js";
 import { smallOutputGraph } from "./small_outputs.js";
 
@@ -88,7 +88,9 @@ function sha256(file) {
  * sequence in one forward pass, the same tokens faster where the output repeats the input; speculative.js).
  * @returns {Promise<Model>}
  */
-export async function loadModel(folder, { threads = 0, maxLength, verify = true, prefillChunk, lookup } = {}) {
+export async function loadModel(folder, options = {}) {
+  let { threads = 0, maxLength, verify = true, prefillChunk, lookup } =
+    checkOptions(options, ["threads", "maxLength", "verify", "prefillChunk", "lookup"], "loadModel");
   const manifest = checkFolder(folder, { verify });
   if (prefillChunk !== undefined && (!Number.isInteger(prefillChunk) || prefillChunk < 1)) throw new QwenEdgeError(`prefillChunk must be an integer >= 1, got ${prefillChunk}`);
   if (!Number.isInteger(threads) || threads < 0) throw new QwenEdgeError(`threads must be an integer >= 0, got ${threads}`);

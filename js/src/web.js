@@ -5,7 +5,7 @@
 
 import { GrowingCache, OwnedCache } from "./cache.js";
 import { Model } from "./core.js";
-import { QwenEdgeError } from "./errors.js";
+import { checkOptions, QwenEdgeError } from "./errors.js";
 import { checkModelFields } from "./graph.js";
 import { smallOutputGraph } from "./small_outputs.js";
 
@@ -49,8 +49,10 @@ async function checkBytes(name, bytes, manifest, verify) {
  * WebCrypto; sizes are always checked), prefillChunk, wasmPaths (where onnxruntime-web's .wasm files are),
  * fetch, onProgress(stage).
  */
-export async function loadModelFromUrl(baseUrl, deps, { threads = 1, maxLength, verify = true, prefillChunk, lookup,
-  wasmPaths, fetch: fetchFn = globalThis.fetch.bind(globalThis), onProgress = () => {} } = {}) {
+export async function loadModelFromUrl(baseUrl, deps, options = {}) {
+  let { threads = 1, maxLength, verify = true, prefillChunk, lookup, wasmPaths,
+    fetch: fetchFn = globalThis.fetch.bind(globalThis), onProgress = () => {} } = checkOptions(options,
+    ["threads", "maxLength", "verify", "prefillChunk", "lookup", "wasmPaths", "fetch", "onProgress"], "loadModel");
   const { ort, Tokenizer, Template } = deps || {};
   if (prefillChunk !== undefined && (!Number.isInteger(prefillChunk) || prefillChunk < 1)) {
     throw new QwenEdgeError(`prefillChunk must be an integer >= 1, got ${prefillChunk}`);

@@ -200,6 +200,10 @@ test("bad input: clear QwenEdgeErrors", async () => {
     [() => m.generate("a\ud800b"), /lone surrogate/],
     [() => m.generate([{ role: "wizard", content: "x" }]), /unknown chat role/],
     [() => loadModel(path.join(FIX, "qwen2-fp32"), { maxLength: 100000 }), /maxLength must be/],
+    // an option the package cannot honour is refused, never silently ignored
+    [() => loadModel(path.join(FIX, "qwen2-fp32"), { draft: path.join(FIX, "qwen2-fp32") }),
+      /a draft model .* is not supported by the JavaScript package: use \{ lookup: N \}/],
+    [() => loadModel(path.join(FIX, "qwen2-fp32"), { thread: 2 }), /unknown loadModel option 'thread'/],
   ];
   for (const [fn, re] of cases) {
     await assert.rejects(async () => fn(), (e) => e instanceof QwenEdgeError && re.test(e.message), String(re));

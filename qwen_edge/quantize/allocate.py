@@ -181,6 +181,10 @@ def for_budgets(options: dict[str, list[Option]], *, max_bytes: float = float("i
     if max_bytes < cheapest(options):
         raise InputError(f"the size budget leaves {max_bytes / 2**20:.1f} MiB for the weights, less than the "
                          f"smallest plan (every tensor in its smallest format: {cheapest(options) / 2**20:.1f} MiB)")
+    least = sum(min(o.kl for o in v) for v in options.values())
+    if kl_target is not None and kl_target < least:  # the KL target alone is out of reach: say so, not the time
+        raise InputError(f"--target-kl {kl_target:g} is below what any plan reaches (predicted {least:.4g} with every "
+                         "tensor in its most accurate format)")
     span_b = dearest(options) - cheapest(options)
     span_s = max(sum(max(o.seconds for o in v) for v in options.values()) - fastest(options), 1e-12)
     base = span_b / span_s  # bytes per second that make the two spans equal

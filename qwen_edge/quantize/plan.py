@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .recipe import Format, Plan
+from .recipe import Format, Plan, human_size
 
 # Candidates for allocation: every block size onnxruntime's MatMulNBits runs on its fast path (accuracy
 # level 4) from 16 to 128, at 4 and 8 bits. Which pay off is for the predicted KL, the bytes and the
@@ -37,6 +37,10 @@ def parse_layers(text: str | None, num_layers: int) -> frozenset[int]:
     return frozenset(out)
 
 
+# Predicted KLs are stored to 7 decimals and their noise between window draws is far above that: a KL target
+# below this cannot be told apart from zero (and no 4- or 8-bit plan reaches it).
+KL_RESOLUTION = 1e-6
+
 def parse_goal(target_size, bpw, target_kl) -> tuple[str, float] | None:
     from .recipe import parse_size
     if target_size is not None:
@@ -48,6 +52,10 @@ def parse_goal(target_size, bpw, target_kl) -> tuple[str, float] | None:
     if target_kl is not None:
         if not float(target_kl) > 0:
             raise InputError(f"--target-kl {target_kl} must be a positive number (nats per token)")
+        if float(target_kl) < KL_RESOLUTION:  # before the sensitivity pass (minutes): it cannot be met or told
+            raise InputError(f"--target-kl {target_kl:g} is below what the sensitivity pass resolves "
+                             f"({KL_RESOLUTION:g} nats per token; int8 files measure ~1e-3): give a larger target, "
+                             "or --bits 8 for the most accurate file")
         return ("kl", float(target_kl))
     return None
 
@@ -134,15 +142,13 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
     if weights_budget is not None:  # refuse impossible budgets before the slow part
         sizes = options_from(None)
         lo, hi = A.cheapest(sizes), A.dearest(sizes)
-        what = f"--target-size {value / 2**20:.1f} MiB" if kind == "size" else f"--bpw {value}"
+        what = f"--target-size {human_size(value)}" if kind == "size" else f"--bpw {value}"
         if weights_budget < lo:
-            low = (lo + fixed) / 2**20 if kind == "size" else lo * 8 / params
-            raise InputError(f"{what} is below the smallest plan (every tensor at int4 with blocks of 128: "
-                             f"{low:.1f}{' MiB' if kind == 'size' else ' bits per weight'})")
+            low = human_size(lo + fixed) if kind == "size" else f"{lo * 8 / params:.1f} bits per weight"
+            raise InputError(f"{what} is below the smallest plan (every tensor at int4 with blocks of 128: {low})")
         if weights_budget >= hi:
-            high = (hi + fixed) / 2**20 if kind == "size" else hi * 8 / params
-            raise InputError(f"{what} is at or above the all-int8 size ({high:.1f}"
-                             f"{' MiB' if kind == 'size' else ' bits per weight'}): use --bits 8")
+            high = human_size(hi + fixed) if kind == "size" else f"{hi * 8 / params:.1f} bits per weight"
+            raise InputError(f"{what} is at or above the all-int8 size ({high}): use --bits 8")
     max_seconds, speed_info = float("inf"), {"target": "off (accuracy alone)"}
     if speed:  # after the size checks: measuring the formats takes minutes the first time on a machine
         costs = costs_for(kinds_of(spec), spec=spec, threads=threads, progress=progress)

@@ -213,12 +213,22 @@ def save(plan_json: dict[str, Any], path: Path) -> None:
 
 
 def parse_size(text: str) -> int:
-    """'450MiB' / '0.45GB' / '471859200' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?i?[bB]?)\s*", str(text))
+    """'450MiB' / '0.45GB' / '1TB' / '471859200' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?i?[bB]?)\s*", str(text))
     if not m:
         raise InputError(f"--target-size '{text}' is not a size like 450MiB, 0.5GB or 471859200")
     unit = m.group(2).lower().rstrip("b")
-    mult = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}.get(unit)
+    mult = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+            "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}.get(unit)
     if mult is None:
-        raise InputError(f"--target-size '{text}': unknown unit {m.group(2)!r} (use B, KB, MB, GB, KiB, MiB, GiB)")
+        raise InputError(f"--target-size '{text}': unknown unit {m.group(2)!r} "
+                         "(use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
     return int(float(m.group(1)) * mult)
+
+
+def human_size(n: float) -> str:
+    """Bytes as a person reads them: 1.0 KiB, 409.6 MiB, 1.2 GiB (never '0.0 MiB' for a small size)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
