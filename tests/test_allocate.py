@@ -9,7 +9,7 @@ import pytest
 
 from qwen_edge.errors import InputError
 from qwen_edge.quantize import allocate as A
-from qwen_edge.quantize.recipe import Format, Plan, linear_shapes, load, parse_size, table_bytes
+from qwen_edge.quantize.recipe import Format, Plan, human_size, linear_shapes, load, parse_size, table_bytes
 
 
 def test_hull_drops_dominated_and_concave_points():
@@ -60,6 +60,12 @@ def test_budget_out_of_range_and_kl_target():
     assert {k: o.fmt for k, o in plan.items()} == {"a": "x", "b": "y"}
     with pytest.raises(InputError, match="below what any plan reaches"):
         A.for_kl(options, 0.1)
+    # with a decode-time budget too: an unreachable KL target is named as such, not blamed on the time budget
+    timed = {k: [A.Option(o.fmt, o.nbytes, o.kl, o.nbytes * 1e-3) for o in v] for k, v in options.items()}
+    with pytest.raises(InputError, match=r"--target-kl 0.1 is below what any plan reaches \(predicted 0.6"):
+        A.for_budgets(timed, max_seconds=1.0, kl_target=0.1)
+    with pytest.raises(InputError, match="no plan meets both --target-kl 0.7 and the decode-time budget"):
+        A.for_budgets(timed, max_seconds=0.025, kl_target=0.7)
 
 
 def test_format_sizes_match_the_packed_arrays():
@@ -76,6 +82,8 @@ def test_format_sizes_match_the_packed_arrays():
 
 def test_parse_size_and_formats():
     assert parse_size("410MiB") == 410 * 2**20 and parse_size("0.5 GB") == 500_000_000 and parse_size("1234") == 1234
+    assert parse_size("1TB") == 10**12 and parse_size("2TiB") == 2 * 2**40
+    assert [human_size(n) for n in (1024, 512, 410 * 2**20, 3 * 2**30)] == ["1.0 KiB", "512 B", "410.0 MiB", "3.0 GiB"]
     for bad in ("ten", "5 XB", "-3MiB"):
         with pytest.raises(InputError):
             parse_size(bad)

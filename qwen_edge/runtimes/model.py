@@ -58,6 +58,7 @@ class Model:
         self.session_config = SessionConfig(threads=threads, provider=provider, arena=arena, spin=spin)
         self.tokenizer = _tokenizer(self.folder)
         self.generation_config = _json(self.folder / A.GENERATION)
+        self.tokenizer_config = _json(self.folder / "tokenizer_config.json")
         self.template = ChatTemplate(load_template(self.folder), use_jinja=use_jinja)
         self.stop_token_ids = frozenset(self._stop_ids())
         self.session = open_session(self.folder, self.session_config)
@@ -344,7 +345,7 @@ class Model:
         ids: set[int] = set()
         eos = self.generation_config.get("eos_token_id")
         ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        tc = _json(self.folder / "tokenizer_config.json")
+        tc = self.tokenizer_config
         for tok in (tc.get("eos_token"), "<|endoftext|>", "<|im_end|>" if self.template.source and
                     "<|im_end|>" in self.template.source else None):
             if isinstance(tok, dict):

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import QwenEdgeError
 from ..strict_json import dumps
 from . import protocol as P
+from . import tokenizer_api as T
 from .engine import Busy, Closing, Engine, Gone
 from .lifecycle import GracefulServer, StopSignals
 
@@ -102,11 +103,14 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- routing -----------------------------------------------------------------------------------------
     def do_GET(self) -> None:
-        self._handle({"/v1/models": self._models, "/health": self._health})
+        self._handle({"/v1/models": self._models, "/health": self._health,
+                      "/tokenizer_info": lambda: self._json(200, T.info(self.server.engine.model))})
 
     def do_POST(self) -> None:
         self._handle({"/v1/chat/completions": lambda: self._generate("chat"),
-                      "/v1/completions": lambda: self._generate("completion")})
+                      "/v1/completions": lambda: self._generate("completion"),
+                      "/tokenize": lambda: self._json(200, T.tokenize(self._body(), self.server.engine.model)),
+                      "/detokenize": lambda: self._json(200, T.detokenize(self._body(), self.server.engine.model))})
 
     def do_PUT(self) -> None:
         self._handle({})
@@ -123,7 +127,8 @@ class Handler(BaseHTTPRequestHandler):
             self._auth()
             fn = routes.get(path)
             if fn is None:
-                known = {"/v1/models", "/health", "/v1/chat/completions", "/v1/completions"}
+                known = {"/v1/models", "/health", "/v1/chat/completions", "/v1/completions", "/tokenizer_info",
+                         "/tokenize", "/detokenize"}
                 raise P.ApiError(405 if path in known else 404,
                                  f"{self.command} {path} is not supported" if path in known else f"no route {path}",
                                  code="method_not_allowed" if path in known else "not_found")
@@ -166,26 +171,24 @@ class Handler(BaseHTTPRequestHandler):
     def _health(self) -> None:
         self._json(200, {"status": "ok", "model": self.server.model_id, **self.server.engine.stats()})
 
-    def _generate(self, kind: str) -> None:
-        body = self._body()
-        req = P.parse(body, kind, self.server.model_id, self.server.max_tokens, self.server.aliases)
-        eng, model = self.server.engine, self.server.engine.model
+    def _job(self, req: P.Request, kind: str, prompt: Any) -> dict[str, Any]:
+        """One prompt's generation, checked before the request takes a slot: its ids, token budget, sampling
+        parameters and constraint (compiled and probed: constrained.py)."""
+        model = self.server.engine.model
         tools_on = req.tools is not None and req.tool_choice != "none"
+        where = "messages" if kind == "chat" else "prompt"
         try:
-            ids = model.prompt_ids(req.prompt, req.tools if tools_on else None)
+            ids = model.prompt_ids(prompt, req.tools if tools_on else None)
         except QwenEdgeError as e:
-            raise P.ApiError(400, str(e), "messages" if kind == "chat" else "prompt") from None
+            raise P.ApiError(400, str(e), where) from None
         room = model.max_length - len(ids)
         if room < 1:
             raise P.ApiError(400, f"the prompt is {len(ids)} tokens but the context holds {model.max_length} "
-                             "(one position must stay free for the reply)",
-                             "messages" if kind == "chat" else "prompt", "context_length_exceeded")
-        max_new = min(req.max_tokens or self.server.max_tokens, room)
+                             "(one position must stay free for the reply)", where, "context_length_exceeded")
         try:
             params = model.sampling(**req.sampling)  # the artifact's defaults, then the request's values
         except QwenEdgeError as e:
             raise P.ApiError(400, str(e)) from None
-        constraint = None
         spec = req.constraint
         if tools_on:
             from ..runtimes.constrained import ConstraintSpec
@@ -196,11 +199,24 @@ class Handler(BaseHTTPRequestHandler):
                     raise P.ApiError(400, "tool_choice 'required' or a named function cannot be combined with "
                                           "response_format", "tool_choice")
                 spec = ConstraintSpec("grammar", call_grammar(req.tools, names, req.parallel_tool_calls))
-        if spec is not None:  # compiled and checked before the request takes a slot
+        constraint = None
+        if spec is not None:
             try:
                 constraint = model.constraint(spec=spec)
             except QwenEdgeError as e:
                 raise P.ApiError(400, str(e), "response_format" if spec is req.constraint else "tools") from None
+        return {"prompt": prompt, "ids": ids, "max_new": min(req.max_tokens or self.server.max_tokens, room),
+                "params": params, "constraint": constraint}
+
+    def _generate(self, kind: str) -> None:
+        body = self._body()
+        req = P.parse(body, kind, self.server.model_id, self.server.max_tokens, self.server.aliases)
+        prompts = req.prompt if kind == "completion" else [req.prompt]
+        if req.stream and len(prompts) > 1:
+            raise P.ApiError(400, "a streamed completion takes one prompt; send several prompts without 'stream'",
+                             "prompt")
+        jobs = [self._job(req, kind, p) for p in prompts]  # every prompt checked before a slot is taken
+        eng = self.server.engine
         try:
             eng.admit(self._gone)
         except Busy:
@@ -213,18 +229,34 @@ class Handler(BaseHTTPRequestHandler):
         except Closing:
             self.close_connection = True
             raise P.ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down") from None
-        stream = None
-        cut = self.server.cut
         try:
-            self._echo_lp = []
+            if req.stream:
+                self._run(req, kind, jobs[0], self._send_stream)
+                return
+            replies = []
+            for job in jobs:  # one after another in this slot; the prompt cache shares their common prefix
+                reply = self._run(req, kind, job, self._whole)
+                if reply is None:  # the client left
+                    return
+                replies.append(reply)
+            self._json(200, P.merge_choices(replies))
+        finally:
+            eng.release()
+
+    def _run(self, req: P.Request, kind: str, job: dict[str, Any], send: Any) -> Any:
+        """One generation: the prompt's log-probabilities when echoing them, then `send(req, kind, job, stream)`."""
+        eng, model, cut = self.server.engine, self.server.engine.model, self.server.cut
+        ids, stream = job["ids"], None
+        try:
+            job["echo_lp"] = []
             if req.echo and req.logprobs is not None:  # the prompt's own log-probabilities (evaluation harnesses)
-                self._echo_lp = [("first", ids[0])] + model.prompt_logprobs(ids, req.logprobs)[1:]
-            stream = eng.generate(ids, max_new_tokens=max_new, params=params, stop=req.stop,
-                                  cancel=lambda: cut.is_set() or self._gone(), constraint=constraint,
+                job["echo_lp"] = [("first", ids[0])] + model.prompt_logprobs(ids, req.logprobs)[1:]
+            stream = eng.generate(ids, max_new_tokens=job["max_new"], params=job["params"], stop=req.stop,
+                                  cancel=lambda: cut.is_set() or self._gone(), constraint=job["constraint"],
                                   top_logprobs=req.logprobs)
             with stream:
                 try:
-                    self._send_stream(req, kind, stream) if req.stream else self._send_whole(req, kind, stream)
+                    return send(req, kind, job, stream)
                 except QwenEdgeError as e:  # the constraint's parser stopped mid-generation (constrained.py)
                     error = P.ApiError(400, str(e), "response_format" if req.tools is None else "tools",
                                        "constraint_failed")
@@ -233,7 +265,6 @@ class Handler(BaseHTTPRequestHandler):
                     self._status, self.close_connection = 400, True
                     self._end_with_error(error)
         finally:
-            eng.release()
             if stream is not None:  # the log line's token counts, however the stream ended
                 self._usage(stream.result)
 
@@ -248,19 +279,20 @@ class Handler(BaseHTTPRequestHandler):
         self._status, self.close_connection = 499, True
         return None
 
-    def _send_whole(self, req: P.Request, kind: str, stream: Any) -> None:
+    def _whole(self, req: P.Request, kind: str, job: dict[str, Any], stream: Any) -> dict[str, Any] | None:
+        """The whole reply to one prompt as a response object (None when the client left)."""
         stream.read()
         r = stream.result
         reason = self._finish_reason(r)
         if reason is None:
-            return
+            return None
         use = self._usage(r)
-        text, lp = r.text, self._logprobs(req, kind, r.logprobs or [], first=True)
+        text, lp = r.text, self._logprobs(req, kind, r.logprobs or [], job["echo_lp"])
         if req.echo:
-            prompt_text = req.prompt if isinstance(req.prompt, str) else self.server.engine.model.decode(req.prompt)
-            text = prompt_text + text
+            p = job["prompt"]
+            text = (p if isinstance(p, str) else self.server.engine.model.decode(p)) + text
         text, calls = self._calls(req, text)
-        self._json(200, P.response(kind, P.new_id(kind), self.server.model_id, text, reason, use, lp, calls))
+        return P.response(kind, P.new_id(kind), self.server.model_id, text, reason, use, lp, calls)
 
     def _call_events(self, kind: str, rid: str, mid: str, events: list[tuple]) -> None:
         for e in events:
@@ -276,16 +308,19 @@ class Handler(BaseHTTPRequestHandler):
         from ..runtimes.tools import parse_calls
         return parse_calls(text, [t["function"]["name"] for t in req.tools])
 
-    def _logprobs(self, req: P.Request, kind: str, entries: list, first: bool = False) -> dict | None:
-        """The response's logprobs for these generated entries (the end token left out), with the prompt's
-        first when echoing."""
+    def _logprobs(self, req: P.Request, kind: str, entries: list, echo: list | None = None) -> dict | None:
+        """The response's logprobs for these generated entries, after the prompt's (`echo`) when echoing.
+
+        Chat leaves the end token out (its content never shows it). Completions keep every generated token,
+        end tokens included, as OpenAI's legacy endpoint does: evaluation harnesses score the echoed prompt
+        and drop the last entry, which must be the generated one (lm-eval lost an answer's last real token
+        when an end token was left out, and scored 0.17 for 0.83)."""
         if req.logprobs is None:
             return None
         model = self.server.engine.model
-        entries = [e for e in entries if e.id not in model.stop_token_ids]
         if kind == "chat":
-            return P.chat_logprobs(entries, model.tokenizer)
-        return P.completion_logprobs((self._echo_lp if first else []) + entries, model.tokenizer)
+            return P.chat_logprobs([e for e in entries if e.id not in model.stop_token_ids], model.tokenizer)
+        return P.completion_logprobs((echo or []) + entries, model.tokenizer)
 
     def _end_with_error(self, error: P.ApiError) -> None:
         """A stream that cannot go on still ends as a stream: OpenAI's error event (the openai client raises
@@ -299,7 +334,7 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def _send_stream(self, req: P.Request, kind: str, stream: Any) -> None:
+    def _send_stream(self, req: P.Request, kind: str, job: dict[str, Any], stream: Any) -> None:
         rid, mid = P.new_id(kind), self.server.model_id
         self._status, self._streaming = 200, (kind, rid, mid)
         self.send_response(200)
@@ -310,12 +345,10 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "chat":
             self._event(P.chunk(kind, rid, mid, "", first=True))
         sent = 0
-        first = True
         if req.echo:  # the prompt first, with its tokens' log-probabilities
-            model = self.server.engine.model
-            prompt_text = req.prompt if isinstance(req.prompt, str) else model.decode(req.prompt)
-            self._event(P.chunk(kind, rid, mid, prompt_text, logprobs=self._logprobs(req, kind, [], first=True)))
-            first = False
+            p = job["prompt"]
+            prompt_text = p if isinstance(p, str) else self.server.engine.model.decode(p)
+            self._event(P.chunk(kind, rid, mid, prompt_text, logprobs=self._logprobs(req, kind, [], job["echo_lp"])))
         tools_on = req.tools is not None and req.tool_choice != "none"
         calls_stream = None
         if tools_on:  # content and tool calls as they are written (runtimes/tools.py CallStream)
@@ -328,8 +361,7 @@ class Handler(BaseHTTPRequestHandler):
             lp = None
             if req.logprobs is not None:  # the tokens drawn since the last piece
                 log = stream.result.logprobs
-                lp, sent = self._logprobs(req, kind, log[sent:], first), len(log)
-                first = False
+                lp, sent = self._logprobs(req, kind, log[sent:]), len(log)
             self._event(P.chunk(kind, rid, mid, piece, logprobs=lp))
         r = stream.result
         reason = self._finish_reason(r)
@@ -339,7 +371,7 @@ class Handler(BaseHTTPRequestHandler):
             self._call_events(kind, rid, mid, calls_stream.finish())
             if calls_stream.calls:
                 reason = "tool_calls"
-        rest = self._logprobs(req, kind, (r.logprobs or [])[sent:], first) if req.logprobs is not None else None
+        rest = self._logprobs(req, kind, (r.logprobs or [])[sent:]) if req.logprobs is not None else None
         self._event(P.chunk(kind, rid, mid, None, reason, logprobs=rest))
         if req.include_usage:
             self._event(P.chunk(kind, rid, mid, None, use=self._usage(r)))

@@ -55,7 +55,7 @@ COMPLETION = COMMON | {"prompt"} | set(OFF)
 @dataclass
 class Request:
     kind: str  # "chat" | "completion"
-    prompt: Any  # messages (chat) or text / token ids (completion)
+    prompt: Any  # messages (chat), or a list of prompts (completion: each text or token ids)
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
@@ -304,18 +304,32 @@ def _messages(body: dict) -> list[dict[str, str]]:
     return out
 
 
-def _prompt(body: dict) -> str | list[int]:
+MAX_PROMPTS = 64  # prompts in one completions request (evaluation harnesses batch 8-32)
+
+
+def _prompt(body: dict) -> list[str | list[int]]:
+    """OpenAI's four prompt forms, as a list of prompts: a string, an array of strings, an array of token ids,
+    an array of token-id arrays (what lm-eval's local-completions sends by default, also for one prompt)."""
     p = body.get("prompt")
-    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
-        p = p[0]
-    if isinstance(p, str):
-        if not p:
-            raise ApiError(400, "'prompt' is empty", "prompt")
-        return _text(p, "prompt")
-    if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-        return p
-    raise ApiError(400, "'prompt' must be a string (or one string in an array, or an array of token ids); "
-                        "several prompts per request are not supported", "prompt")
+    if isinstance(p, str) or _ids(p):
+        prompts = [p]
+    elif isinstance(p, list) and p and (all(isinstance(x, str) for x in p) or all(_ids(x) for x in p)):
+        prompts = p
+    else:
+        raise ApiError(400, "'prompt' must be a string, an array of strings, an array of token ids or an array "
+                            "of token-id arrays", "prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise ApiError(400, f"'prompt' has {len(prompts)} prompts; at most {MAX_PROMPTS} per request", "prompt")
+    for i, x in enumerate(prompts):
+        if isinstance(x, str):
+            if not x:
+                raise ApiError(400, "'prompt' is empty" if len(prompts) == 1 else f"'prompt'[{i}] is empty", "prompt")
+            _text(x, "prompt")
+    return prompts
+
+
+def _ids(x: Any) -> bool:
+    return isinstance(x, list) and len(x) > 0 and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
 
 # --- responses ------------------------------------------------------------------------------------------
@@ -354,6 +368,19 @@ def response(kind: str, rid: str, model: str, text: str | None, finish: str, use
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": use,
             "system_fingerprint": "qwen-edge"}
+
+
+def merge_choices(replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several prompts' responses (one completion request with a list of prompts) as one: choice i answers
+    prompt i, and the usage is the sum."""
+    if len(replies) == 1:
+        return replies[0]
+    out = dict(replies[0])
+    out["choices"] = [{**r["choices"][0], "index": i} for i, r in enumerate(replies)]
+    cached = sum(r["usage"]["prompt_tokens_details"]["cached_tokens"] for r in replies)
+    out["usage"] = usage(sum(r["usage"]["prompt_tokens"] for r in replies),
+                         sum(r["usage"]["completion_tokens"] for r in replies), cached)
+    return out
 
 
 def tool_call_delta(rid: str, model: str, event: tuple) -> dict[str, Any]:
