@@ -75,10 +75,24 @@ def eval_(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the models' sha256 against their manifests first"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
+    task: list[str] = typer.Option([], "--task", help="task accuracy: humaneval or a HumanEval-format .jsonl (repeatable)"),
+    limit: Optional[int] = typer.Option(None, help="with --task: the first N problems of each task"),
+    samples: int = typer.Option(1, help="with --task: completions per problem (pass@k for k <= N)"),
+    max_new_tokens: int = typer.Option(512, help="with --task: tokens per completion"),
+    timeout: float = typer.Option(10.0, help="with --task: seconds each program may run"),
+    draft: Optional[str] = typer.Option(None, help="with --task: a draft model for speculative decoding (exact on fp32)"),
+    reference_draft: Optional[str] = typer.Option(None, help="with --task: a draft for the reference folder"),
 ) -> None:
-    """Perplexity, KL divergence and top-1 agreement with CI gates. Exit 0: gates hold, 1: a gate fails, 2: bad input."""
+    """Perplexity, KL divergence and top-1 agreement, or task accuracy (--task), with CI gates.
+    Exit 0: gates hold, 1: a gate fails, 2: bad input."""
     from .eval import reports
     from .eval.run import EvalConfig, evaluate
+    if task:
+        return _eval_tasks(models, task, dataset=dataset, reference=reference, save_reference=save_reference,
+                           gate=gate, report=report, junit=junit, markdown=markdown, plot=plot, threads=threads,
+                           force=force, verify=verify, progress=progress, as_json=as_json, limit=limit,
+                           samples=samples, max_new_tokens=max_new_tokens, timeout=timeout, draft=draft,
+                           reference_draft=reference_draft)
     if plot is not None:
         from .eval.plot import require
         require()
@@ -96,6 +110,30 @@ def eval_(
         if path is not None:
             reports.write(kind, rep, path, force=force)
     _emit(rep, as_json, reports.summary_lines(rep))
+    if not rep["passed"]:
+        raise typer.Exit(1)
+
+
+def _eval_tasks(models: list[str], tasks: list[str], *, dataset: Optional[str], reference: Optional[str],
+                save_reference: Optional[Path], gate: list[str], report: Optional[Path], junit: Optional[Path],
+                markdown: Optional[Path], plot: Optional[Path], as_json: bool, **kw) -> None:
+    from .eval import reports
+    from .eval.tasks.run import TaskConfig, run_tasks, summary_lines
+    if len(models) != 1:
+        raise InputError("--task evaluates one model at a time (compare against another with --reference)")
+    if dataset is not None or plot is not None:
+        raise InputError("--task runs task accuracy; --dataset / --plot belong to the perplexity run: run them apart")
+    outs = {"report": report, "junit": junit, "markdown": markdown}
+    reports.check_outputs({k: v for k, v in outs.items() if v is not None}, force=kw["force"],
+                          sources=[Path(models[0])] + ([Path(reference)] if reference else []))
+    rep = run_tasks(TaskConfig(model=models[0], tasks=tasks, reference=reference, gates=gate,
+                               save_reference=str(save_reference) if save_reference else None,
+                               memory_mb=1024, **{k: v for k, v in kw.items() if k != "timeout"},
+                               timeout_s=kw["timeout"]))
+    for kind, path in outs.items():
+        if path is not None:
+            reports.write(kind, rep, path, force=kw["force"])
+    _emit(rep, as_json, summary_lines(rep))
     if not rep["passed"]:
         raise typer.Exit(1)
 

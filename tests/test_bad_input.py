@@ -116,6 +116,9 @@ def ws(tmp_path_factory) -> Path:
         "$ref": "#/$defs/a"}))
     (ws / "loop.lark").write_text("start: start\n")
     (ws / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (ws / "tasks.jsonl").write_text(json.dumps({"task_id": "t/0", "prompt": "def f(x):\n", "entry_point": "f",
+                                                "test": "def check(fn):\n    assert fn(1) == 2\n"}) + "\n")
+    (ws / "tasks_bad.jsonl").write_text('{"prompt": "def f():", "test": "x"}\n')
     (ws / "big.json").write_text(json.dumps({"type": "object", "properties": {
         f"p{i}": {"type": "integer"} for i in range(1000)}}))
     return ws
@@ -250,6 +253,16 @@ CLI_CASES = [
      "is a file qwen-edge did not write"),
     ("eval-update-baseline", "eval {ws}/art --dataset {ws}/text.txt --update-baseline", "needs --baseline FILE"),
     ("eval-damaged", "eval {ws}/art_bytes --dataset {ws}/text.txt", "does not match its manifest"),
+    ("eval-task-unknown", "eval {ws}/art --task nosuchtask", "unknown task 'nosuchtask'"),
+    ("eval-task-malformed", "eval {ws}/art --task {ws}/tasks_bad.jsonl", "line 1: 'entry_point' must be a non-empty"),
+    ("eval-task-gate-metric", "eval {ws}/art --task {ws}/tasks.jsonl --gate tasks.pass@5>=0.5",
+     "pass@5 needs --samples 5 or more"),
+    ("eval-task-gate-needs-reference", "eval {ws}/art --task {ws}/tasks.jsonl --gate tasks.pass@1>=reference-2pp",
+     "needs --reference"),
+    ("eval-task-gate-other-task", "eval {ws}/art --task {ws}/tasks.jsonl --gate humaneval.pass@1>=0.3",
+     "names task 'humaneval', which this run does not produce"),
+    ("eval-task-with-dataset", "eval {ws}/art --task {ws}/tasks.jsonl --dataset {ws}/text.txt",
+     "--dataset / --plot belong to the perplexity run"),
     ("eval-damaged-reference", "eval {ws}/art --dataset {ws}/text.txt --reference {ws}/art_short",
      "model.onnx.data has 1000 bytes"),
     # the command itself

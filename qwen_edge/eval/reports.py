@@ -19,7 +19,8 @@ def _head(path: Path, n: int = 4096) -> str:
 
 
 def _json_is_ours(path: Path) -> bool:
-    return json.loads(Path(path).read_text(encoding="utf-8")).get("schema") == "qwen-edge-eval-report"
+    return json.loads(Path(path).read_text(encoding="utf-8")).get("schema") in ("qwen-edge-eval-report",
+                                                                                  "qwen-edge-task-report")
 
 
 def _plot_is_ours(path: Path) -> bool:
@@ -55,8 +56,11 @@ def write(kind: str, rep: dict[str, Any], path: str | Path, *, force: bool = Fal
             from .plot import plot
             plot(rep, tmp)
         else:
-            text = {"report": lambda r: dumps_report(r, indent=2, sort_keys=True) + "\n", "junit": junit,
-                    "markdown": markdown}[kind](rep)
+            tasks = rep.get("schema") == "qwen-edge-task-report"  # eval --task (tasks/report.py)
+            if tasks:
+                from .tasks import report as T
+            text = {"report": lambda r: dumps_report(r, indent=2, sort_keys=True) + "\n",
+                    "junit": T.junit if tasks else junit, "markdown": T.markdown if tasks else markdown}[kind](rep)
             try:
                 tmp.write_text(text, encoding="utf-8")
             except OSError as e:
