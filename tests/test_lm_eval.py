@@ -145,3 +145,66 @@ def test_completions_accept_every_prompt_form_and_keep_end_tokens(tiny):
         assert s.raw("POST", "/detokenize", json.dumps({"tokens": [10**9]}).encode())[0] == 400
     finally:
         assert s.stop() == 0
+
+
+# --- the in-process model class (qwen_edge.eval.lm_eval_model) ---------------------------------------------
+def _gen_task(folder: Path, model) -> Path:
+    rows = [{"q": "The quick brown", "a": model.complete(model.encode("The quick brown", add_special_tokens=False),
+                                                        max_new_tokens=6, temperature=0, stop=["\n"]).text}]
+    rows.append({"q": "def main", "a": "nonsense that greedy decoding does not write"})
+    data = folder / "gen.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    (folder / "qe_gen.yaml").write_text(
+        "task: qe_gen\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: generate_until\n"
+        'doc_to_text: "{{q}}"\ndoc_to_target: "{{a}}"\ntarget_delimiter: ""\n'
+        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 6\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n")
+    return folder
+
+
+def test_the_qwen_edge_model_class_scores_as_prompt_logprobs(tiny, tmp_path):
+    """loglikelihood equals Model.prompt_logprobs (1e-4), generate_until equals greedy decoding, and lm_eval
+    runs end to end through its registry by name."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from qwen_edge.eval.lm_eval_model import QwenEdgeLM
+    items = _items(tiny)
+    tasks = _task(tmp_path, items)
+    _gen_task(tmp_path, tiny)
+    expected = _in_process(tiny, items)
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    res = simple_evaluate(model="qwen-edge", model_args=f"path={tiny.folder},threads=2", tasks=["qe_choice", "qe_gen"],
+                          task_manager=TaskManager(include_path=str(tasks)), log_samples=True)
+    samples = sorted(res["samples"]["qe_choice"], key=lambda x: x["doc_id"])
+    got = [[r[0] for r in smp["filtered_resps"]] for smp in samples]
+    for g, e in zip(got, expected):
+        assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(g, e)), (g, e)
+    assert res["results"]["qe_gen"]["exact_match,none"] == 0.5  # the greedy item matches, the other does not
+    lm = QwenEdgeLM(path=str(tiny.folder), threads=1)
+    text = "The quick brown fox jumps over the lazy dog. " * 3
+
+    class Req:
+        def __init__(self, *args):
+            self.args = args
+    rolled = lm.loglikelihood_rolling([Req(text)])[0]
+    ids = tiny.encode(text, add_special_tokens=False)
+    want = sum(e.logprob for e in tiny.prompt_logprobs([lm.eot_token_id] + ids)[1:])
+    assert math.isclose(rolled, want, abs_tol=1e-3), (rolled, want)
+    with pytest.raises(Exception, match="unknown qwen-edge model argument"):
+        QwenEdgeLM(path=str(tiny.folder), temprature=1)
+
+
+def test_lm_eval_command_line_with_the_model_registered(tiny, tmp_path):
+    import subprocess
+    import sys
+    tasks = _task(tmp_path, _items(tiny)[:3])
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "qwen_edge.eval.lm_eval_model", "--model_args",
+                        f"path={tiny.folder},threads=2", "--tasks", "qe_choice", "--include_path", str(tasks),
+                        "--output_path", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "qe_choice" in r.stdout and "acc" in r.stdout
