@@ -305,10 +305,12 @@ def quantize_(
     if "predicted_tps" in how.get("speed", {}):
         extra += (f", predicted decode {how['speed']['predicted_tps']:.1f} tok/s (floor "
                   f"{how['speed']['target_tps']:.1f}; plain int4 {how['speed']['reference_tps']:.1f})")
+    tables = q["plan"]["tables"]
+    tables_text = (f"one tied table {tables['table']}" if set(tables) == {"table"} else
+                   "; ".join(f"{k} {v}" for k, v in tables.items()))
     _emit(summary, as_json, [f"quantized {m['model']['model_type']} with {q['method']} "
-                             f"({', '.join(f'{n} x {k}' for k, n in q['plan']['counts'].items())}; tables "
-                             f"{', '.join(f'{k} {v}' for k, v in q['plan']['tables'].items())}) to {output}: "
-                             f"{size / 2**20:.1f} MiB in {m['quantize_seconds']:.1f} s{extra}"])
+                             f"({', '.join(f'{n} x {k}' for k, n in q['plan']['counts'].items())}; {tables_text}) "
+                             f"to {output}: {size / 2**20:.1f} MiB in {m['quantize_seconds']:.1f} s{extra}"])
 
 
 @app.command("serve")

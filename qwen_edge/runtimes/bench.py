@@ -151,10 +151,22 @@ def bench(folder: str | Path, *, prompt_tokens: int = 512, new_tokens: int = 128
     }
 
 
+def weights_label(dtype: str | None, q: dict[str, Any] | None) -> str:
+    """What the weights are: "fp32", or for a quantized folder its linears' formats and method, e.g.
+    "int4g32 x 112, int8g128 x 56; gptq" (a quantized folder's dtype is its activations')."""
+    if not q:
+        return str(dtype)
+    plan = q.get("plan") or {}
+    counts = plan.get("counts") or {}
+    what = ", ".join(f"{k} x {n}" for k, n in counts.items()) or f"int{q.get('bits', '?')}"
+    return f"{what}; {q.get('method', '?')}"
+
+
 def summary_lines(r: dict[str, Any]) -> list[str]:
     s = r["decode_step_ms"]
     return [
-        f"{r['folder']} ({r['dtype']}), {r['prompt_tokens']} prompt + {r['new_tokens']} new tokens, "
+        f"{r['folder']} ({weights_label(r['dtype'], r.get('quantization'))}), {r['prompt_tokens']} prompt + "
+        f"{r['new_tokens']} new tokens, "
         f"median of {r['runs']} runs",
         f"  time to first token  {r['ttft_s'] * 1e3:8.0f} ms",
         f"  prefill              {r['prefill_tps']:8.1f} tokens/s",
