@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import QwenEdgeError
-from .sampler import SamplingParams, _additive, _as_logits, _penalize
 
 MAX_TOP = 20  # OpenAI's limit for top_logprobs
 # A token's own log-probability is never -inf in practice (it was drawn, so its probability was not zero),
@@ -55,15 +54,6 @@ def entry(lp: np.ndarray, token: int, top: int) -> TokenLogprob:
         alts = [(int(i), float(lp[i])) for i in idx if np.isfinite(lp[i])]
     own = float(lp[token])
     return TokenLogprob(int(token), own if np.isfinite(own) else LOGPROB_FLOOR, alts)
-
-
-def sampled(logits: np.ndarray, params: SamplingParams, history: np.ndarray | None, generated: np.ndarray | None,
-            token: int, top: int) -> TokenLogprob:
-    """The entry of a token drawn from `logits` (already masked by a constraint, if any)."""
-    x = _penalize(_as_logits(logits), history, params.repetition_penalty)
-    x = _additive(x, generated, params.frequency_penalty, params.presence_penalty)
-    t = params.temperature if params.temperature > 0 else 1.0
-    return entry(log_softmax(x / t), token, top)
 
 
 def prompt_logprobs(runner, ids: list[int], top: int, chunk: int = 64) -> list[TokenLogprob | None]:

@@ -28,6 +28,8 @@ import numpy as np
 
 from qwen_edge.errors import QwenEdgeError
 
+from .logprobs import TokenLogprob, entry, log_softmax
+
 # Rows of the (rows, n // rows) view used for group maxima / sums.  Reducing over axis 0
 # of that view is ~6x faster in numpy than reducing contiguous blocks over axis 1.
 _GROUP_ROWS = 128
@@ -332,6 +334,16 @@ class Sampler:
             j = _draw(w, float(self.rng.random()))
             tok = j if ids is None else int(ids[j])
         if self.top_logprobs is not None:
-            from .logprobs import sampled
             self.log.append(sampled(logits, self.params, history, generated, tok, self.top_logprobs))
         return tok
+
+
+def sampled(logits: np.ndarray, params: SamplingParams, history: np.ndarray | None, generated: np.ndarray | None,
+            token: int, top: int) -> TokenLogprob:
+    """The log-probability entry (logprobs.py) of a token drawn from `logits` (already masked by a constraint,
+    if any): the distribution after the penalties and the temperature (1 when greedy), before truncation.
+    Here rather than in logprobs.py, so that logprobs.py needs nothing of the sampler (no import cycle)."""
+    x = _penalize(_as_logits(logits), history, params.repetition_penalty)
+    x = _additive(x, generated, params.frequency_penalty, params.presence_penalty)
+    t = params.temperature if params.temperature > 0 else 1.0
+    return entry(log_softmax(x / t), token, top)
