@@ -222,7 +222,8 @@ def test_fp16_artifact(tmp_path):
     m = Model.load(tmp_path / "fp16", threads=1)
     s = m.stream(PROMPT, max_new_tokens=8, temperature=0.0, ignore_eos=True)
     assert s.runner.cache.dtype == np.float16
-    assert len(s.read()) >= 0 and len(s.result.tokens) == 8
+    text = s.read()
+    assert len(s.result.tokens) == 8 and text == m.decode(s.result.tokens)  # the stream's text is its tokens
 
 
 def test_import_does_not_load_torch_or_transformers(tiny):

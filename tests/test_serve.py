@@ -350,7 +350,8 @@ def test_speculative_server_same_text_usage_and_log(tiny, tmp_path, model):
             r1 = c.chat.completions.create(model=s.model, messages=first, max_tokens=40, temperature=0)
             assert r1.choices[0].message.content == model.generate(first, max_new_tokens=40, temperature=0.0)
             d = r1.usage.completion_tokens_details
-            assert d is not None and d.accepted_prediction_tokens >= 0 and d.rejected_prediction_tokens >= 0
+            proposed = d.accepted_prediction_tokens + d.rejected_prediction_tokens
+            assert proposed > 0 and d.accepted_prediction_tokens <= r1.usage.completion_tokens, d
             second = first + [{"role": "assistant", "content": r1.choices[0].message.content},
                               {"role": "user", "content": "again"}]
             r2 = c.chat.completions.create(model=s.model, messages=second, max_tokens=20, temperature=0)
