@@ -1,8 +1,8 @@
 """Faults while writing: signals in the middle of an export or a quantize, two writers of one output, an
 output that appears mid-write, leftovers of a killed writer (docs/reliability.md).
 
-The writer is slowed by a test hook (QWEN_EDGE_TEST_LAYER_PAUSE: seconds of sleep after each layer it
-writes), so a signal lands while the partial folder is being filled."""
+The writer is slowed from the outside (tests/slow_writer.py: the command line with a sleep after each layer
+it writes; the product has no test hook), so a signal lands while the partial folder is being filled."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import pytest
 from serve_process import default_sigint
 from tiny_models import make_tiny
 
+SLOW_WRITER = Path(__file__).resolve().parent / "slow_writer.py"
+
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory) -> Path:
@@ -25,10 +27,10 @@ def src(tmp_path_factory) -> Path:
 
 
 def start(args: list[str], pause: float = 0.0, cwd: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "TQDM_DISABLE": "1", "QWEN_EDGE_TEST_LAYER_PAUSE": str(pause)}
+    env = {**os.environ, "TQDM_DISABLE": "1"}
     # SIGINT's default disposition in the child: run as a shell's background job the suite inherits SIGINT
     # ignored, Python then installs no KeyboardInterrupt handler, and the SIGINT cases would see exit 0.
-    return subprocess.Popen([sys.executable, "-m", "qwen_edge.cli", *map(str, args)], env=env, cwd=cwd,
+    return subprocess.Popen([sys.executable, str(SLOW_WRITER), str(pause), *map(str, args)], env=env, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 

@@ -36,10 +36,26 @@ def tinies(tmp_path_factory):
     return out
 
 
+_ALWAYS = pytest.MonkeyPatch()
+
+
+@pytest.fixture(autouse=True)
+def _adaptive_again():
+    yield
+    _ALWAYS.undo()
+
+
+def always_propose(patch) -> None:
+    """Every speculative step proposes its most tokens (the controller's choice replaced): the verify and
+    rejection paths are then exercised on every step, which the adaptive choice would often skip."""
+    from qwen_edge.runtimes.speculative import Controller
+    patch.setattr(Controller, "choose", lambda self, draft_cost: self.max_tokens)
+
+
 def load(folder, adaptive=True, **kw):
-    m = Model.load(folder, threads=2, **kw)
-    m.speculation_adaptive = adaptive
-    return m
+    if not adaptive:
+        always_propose(_ALWAYS)  # undone after the test
+    return Model.load(folder, threads=2, **kw)
 
 
 @pytest.mark.parametrize("adaptive", [False, True])

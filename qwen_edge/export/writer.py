@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -69,15 +68,9 @@ def write_artifact(src: Source, out: Path, *, dtype: str = "fp32", max_length: i
     with staged_artifact(out, force, src.paths) as tmp:
         g = Graph(tmp / A.MODEL_DATA)
         step, close = _progress(spec.num_layers, f"export {dtype}", progress)
-        pause = float(os.environ.get("QWEN_EDGE_TEST_LAYER_PAUSE", "0") or 0)  # fault tests: a slow writer
-
-        def layer_done(i: int) -> None:
-            step(i)
-            if pause > 0:
-                time.sleep(pause)
         try:
             build_decoder(g, spec, src.weights, dtype=DTYPES[dtype], max_length=max_length, linear=linear,
-                          tokens=tokens, progress=layer_done)
+                          tokens=tokens, progress=step)
         finally:
             close()
             g.abort()

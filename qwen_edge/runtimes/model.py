@@ -68,7 +68,6 @@ class Model:
         self.draft: Model | None = None
         self.lookup: int | None = None
         self.draft_tokens = 0
-        self.speculation_adaptive = True  # False: always propose the most tokens (tests)
         if draft is not None or lookup is not None:
             self._speculation(draft, draft_tokens, lookup, threads, provider, arena, spin, verify)
 
@@ -102,9 +101,7 @@ class Model:
         """A fresh proposer for one generation (None without speculation)."""
         from .speculative import DraftModel, PromptLookup
         if self.lookup is not None:
-            p: Any = PromptLookup(self.lookup)
-            p.adaptive = self.speculation_adaptive
-            return p
+            return PromptLookup(self.lookup)
         if self.draft is None:
             return None
         need = min(len(ids) + max_new_tokens, self.max_length)
@@ -112,7 +109,6 @@ class Model:
             raise QwenEdgeError(f"the request needs {need} positions but the draft {self.draft.folder} holds "
                                 f"{self.draft.max_length}: lower max_new_tokens or use a draft with a longer context")
         p = DraftModel(self.draft, self.draft_tokens)
-        p.adaptive = self.speculation_adaptive
         p.size_ratio = self.draft.size_bytes / max(1, self.size_bytes)
         return p
 

@@ -61,7 +61,6 @@ class PromptLookup:
     """Proposes the continuation of the most recent earlier occurrence of the sequence's last n-gram."""
 
     name = "lookup"
-    adaptive = True  # False: always propose max_tokens (tests that must exercise every path)
     size_ratio = 0.0  # a proposal's cost relative to a target step (lookup: free)
 
     def __init__(self, max_tokens: int, max_ngram: int = 4, min_ngram: int = 2):
@@ -91,7 +90,6 @@ class DraftModel:
     """A smaller model proposing greedily (or sampling with the target's settings, keeping its q)."""
 
     name = "draft"
-    adaptive = True
     size_ratio = 0.5  # the draft's size over the target's (Model sets it): its first cost estimate
 
     def __init__(self, model: Any, max_tokens: int):
@@ -285,7 +283,7 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
             room = min(max_new_tokens - emitted, runner.free) - 1  # a pass yields up to k + 1 tokens
             # until the draft's cost is measured, guess it from the bytes each model reads (its file size)
             cost = proposer.cost_per_token or proposer.size_ratio * ctl.plain
-            k = min(ctl.choose(cost) if proposer.adaptive else proposer.max_tokens, room)
+            k = min(ctl.choose(cost), room)
             qs = None
             props: list[int] = []
             t_step = time.perf_counter()
