@@ -147,16 +147,23 @@ def test_bytes_read_per_token_count_the_embedding_as_one_row(tmp_path, tied):
     assert r["kv_cache"] == 2 * 2 * 2 * 16 * 10 * 4 and r["total"] == r["weights"] + r["kv_cache"]
 
 
-def test_formats_are_timed_in_groups_that_bound_memory(monkeypatch):
+def test_formats_are_timed_one_session_at_a_time(monkeypatch):
     made = []
     real = FC._Timer
+
+    alive, most = [0], [0]
 
     class Counting(real):
         def __init__(self, *a, **kw):
             made.append(a[2])
             super().__init__(*a, **kw)
+            alive[0] += 1
+            most[0] = max(most[0], alive[0])
+
+        def __del__(self):
+            alive[0] -= 1
     monkeypatch.setattr(FC, "_Timer", Counting)
-    monkeypatch.setattr(FC, "GROUP_BYTES", 1)  # every format alone
     fmts = [FC.Format.parse(f) for f in FORMATS]
     out = FC.time_formats(64, 64, fmts, 1, threads=1, passes=2, cold_bytes=1 << 16)
     assert len(out) == len(fmts) and all(v > 0 for v in out) and made == fmts
+    assert most[0] == 1  # co-resident sessions slow each other: never two at once

@@ -19,7 +19,8 @@ by memory). So every candidate format is timed here, once per (onnxruntime versi
 - accuracy_level 4 and the runtime's session settings (spinning threads), as the artifacts run.
 
 The head is timed at M=1 in both columns: the runtime computes only the last position's logits.
-The table is a JSON file under the cache (`format-costs/`); `qwen-edge bench` and the allocation read it.
+The table is a JSON file under the cache (`format-costs/`); the allocation reads it (plan.py), and
+scripts/bench_speed_model.py sets its predictions beside measured decode.
 """
 
 from __future__ import annotations
@@ -170,28 +171,17 @@ class _Timer:
         return float(np.median(self.times)) / self.copies
 
 
-GROUP_BYTES = 0  # weights of sessions held at once: 0 = one at a time (co-resident sessions slow each other)
-
-
 def time_formats(n: int, k: int, formats: list[Format], m: int, threads: int = 0, passes: int = 7,
                  cold_bytes: int = COLD_BYTES) -> list[float]:
-    """Median seconds of one MatMulNBits call [m, k] x [k, n] per format, weights out of cache, the
-    formats' passes interleaved so that a slow moment of the machine costs each of them alike (in groups
-    of at most GROUP_BYTES of weights, so a large shape does not hold every format's session at once)."""
+    """Median seconds of one MatMulNBits call [m, k] x [k, n] per format, weights out of cache, one format's
+    session at a time (co-resident sessions slow each other: the module docstring)."""
     out: list[float] = []
-    i = 0
-    while i < len(formats):
-        group, size = [], 0
-        while i < len(formats) and (not group or size + max(cold_bytes, formats[i].nbytes(n, k)) <= GROUP_BYTES):
-            size += max(cold_bytes, formats[i].nbytes(n, k))
-            group.append(formats[i])
-            i += 1
-        timers = [_Timer(n, k, f, m, threads, cold_bytes) for f in group]
+    for f in formats:
+        t = _Timer(n, k, f, m, threads, cold_bytes)
         for _ in range(passes):
-            for t in timers:
-                t.once()
-        out += [t.seconds() for t in timers]
-        del timers
+            t.once()
+        out.append(t.seconds())
+        del t  # its session and weights go before the next format's are made
     return out
 
 
