@@ -84,8 +84,10 @@ def test_kl_target_within_a_time_budget():
                "b": [A.Option("x", 10, 2.0, 1.0), A.Option("y", 20, 0.5, 1.5)]}
     plan = A.for_budgets(options, max_seconds=3.0, kl_target=0.6)  # a.y is too slow: a.z it is
     assert {k: o.fmt for k, o in plan.items()} == {"a": "z", "b": "y"}
-    with pytest.raises(InputError, match="no plan meets both"):
+    with pytest.raises(InputError, match="--target-kl 0.2 is below what any plan reaches"):  # the KL's fault
         A.for_budgets(options, max_seconds=3.0, kl_target=0.2)
+    with pytest.raises(InputError, match="no plan meets both --target-kl 1 and the decode-time budget"):
+        A.for_budgets(options, max_seconds=2.5, kl_target=1.0)  # reachable (0.55), not within 2.5 s
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import artifact as A
 from ..errors import QwenEdgeError
+from ..ort_options import session_options
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -48,12 +49,9 @@ class OnnxLM:
     def _session(self) -> Any:
         if self._sess is None:
             import onnxruntime as ort
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            if self._threads:
-                so.intra_op_num_threads = self._threads
             try:
-                self._sess = ort.InferenceSession(str(self.folder / A.MODEL), so, providers=["CPUExecutionProvider"])
+                self._sess = ort.InferenceSession(str(self.folder / A.MODEL), session_options(self._threads or 0),
+                                                  providers=["CPUExecutionProvider"])
             except Exception as e:  # a damaged or truncated file
                 raise QwenEdgeError(f"onnxruntime cannot load {self.folder / A.MODEL}: {str(e).splitlines()[0]}") from None
             m = self.manifest["model"]

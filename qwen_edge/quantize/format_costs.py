@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import cache_dir
+from ..ort_options import session_options
 from .recipe import Format, linear_shapes
 
 SCHEMA = 5  # 2: distinct copies (identical ones were shared); 3-4: round-robin (wrong, see above); 5: one at a time
@@ -141,12 +142,8 @@ class _Timer:
         copies = min(MAX_COPIES, max(1, -(-cold_bytes // f.nbytes(n, k))))
         if m > 1:
             copies = min(copies, 4)  # compute-bound: a few copies are enough, and keep the outputs small
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        self.sess = ort.InferenceSession(_graph(n, k, f, copies, m), so, providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(_graph(n, k, f, copies, m), session_options(threads),
+                                         providers=["CPUExecutionProvider"])
         self.x = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)
         self.io = self.sess.io_binding()
         self.io.bind_cpu_input("X", self.x)
@@ -292,10 +289,8 @@ def step_seconds(spec: Any, *, context: int = 512, steps: int = 48, threads: int
         finally:
             g.abort()
         g.save(Path(tmp) / "model.onnx", "hollow", overridable=["logits_to_keep"])
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        sess = ort.InferenceSession(str(Path(tmp) / "model.onnx"), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(Path(tmp) / "model.onnx"), session_options(threads),
+                                    providers=["CPUExecutionProvider"])
         shape = (1, spec.num_kv_heads, length, spec.head_dim)
         kv = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in range(2 * spec.num_layers)]
         b = sess.io_binding()

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import artifact as A
 from ..errors import QwenEdgeError
+from ..ort_options import OPT_LEVELS, session_options
 
 # Short names accepted for the common providers (the full onnxruntime name works too, any case).
 PROVIDER_ALIASES = {
@@ -55,8 +56,7 @@ class SessionConfig:
                                 f"{', '.join(_OPT_LEVELS)}")
 
 
-_OPT_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-               "all": "ORT_ENABLE_ALL"}
+_OPT_LEVELS = OPT_LEVELS
 
 
 def resolve_provider(name: str) -> str:
@@ -82,16 +82,7 @@ def open_session(folder: str | Path, config: SessionConfig) -> Any:
     if not path.is_file():
         raise QwenEdgeError(f"{folder} has no {A.MODEL}")
     provider = resolve_provider(config.provider)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # silence the warning about the overridable logits_to_keep initializer
-    so.intra_op_num_threads = config.threads  # 0: onnxruntime picks (one per physical core)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.enable_cpu_mem_arena = bool(config.arena)
-    # Memory patterns are cached per input shape: one more entry for every context length, a slow leak.
-    so.enable_mem_pattern = False
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[config.optimization])
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
+    so = session_options(config.threads, arena=config.arena, spin=config.spin, optimization=config.optimization)
     try:
         return ort.InferenceSession(str(path), so, providers=[provider])
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
