@@ -15,6 +15,20 @@ from .errors import QwenEdgeError
 SUPPORTED = "dense qwen2 (Qwen2, Qwen2.5 and its Coder/Math/Instruct variants) and qwen3"
 ROPE_TYPES = ("default", "yarn")
 
+# The exporter's linears in a decoder layer, in graph order, and the source projections each one packs (their
+# rows concatenated in this order: q, k, v; gate, up). Every stage that names, shapes, splits or gathers a
+# packed linear reads this one table.
+PACKED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+          "self_attn.o_proj": ("self_attn.o_proj",),
+          "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+          "mlp.down_proj": ("mlp.down_proj",)}
+LINEARS = tuple(PACKED)
+
+
+def packed_sources(layer: int, linear: str, what: str = "weight") -> list[str]:
+    """The source tensor names packed into `linear` of decoder layer `layer` (what: weight or bias)."""
+    return [f"model.layers.{layer}.{p}.{what}" for p in PACKED[linear]]
+
 
 @dataclass(frozen=True)
 class RopeSpec:

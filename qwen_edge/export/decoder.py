@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 import numpy as np
 from onnx import TensorProto
 
-from ..spec import ModelSpec
+from ..spec import ModelSpec, packed_sources
 from .graph import Graph
 from .rope import cos_sin_cache
 
@@ -98,21 +98,12 @@ def build_decoder(g: Graph, spec: ModelSpec, weights: Weights, *, dtype: type = 
                  f"{name}/Norm", axis=-1, epsilon=eps, stash_type=1)
         return g.op("Reshape", [n, g.const([0, 0, heads * s.head_dim], "flat_shape", np.int64)], f"{name}/Flatten")
 
-    residual = hidden
-    pending = None  # output of the previous block, still to be added to the residual
-    for i in range(s.num_layers):
-        p = f"model.layers.{i}"
-        if pending is None:
-            w = f"{p}.input_layernorm.weight"
-            normed = g.op("SimplifiedLayerNormalization", [hidden, g.weight(w, weights.get(w).astype(dtype, copy=False))],
-                          f"{p}/input_norm", axis=-1, epsilon=eps, stash_type=1)
-        else:
-            normed, residual = skip_norm(pending, residual, f"{p}.input_layernorm.weight", f"{p}/input_norm")
-
-        # Attention: one packed QKV matmul, then GQA with fused rotary and an in-place KV cache.
-        a = f"{p}.self_attn"
-        qkv_w = np.concatenate([weights.get(f"{a}.{n}_proj.weight") for n in "qkv"], axis=0)
-        qkv_b = (np.concatenate([weights.get(f"{a}.{n}_proj.bias") for n in "qkv"]) if s.qkv_bias else None)
+    def attention(i: int, normed: str) -> str:
+        """One packed QKV matmul, then GQA with fused rotary and an in-place KV cache, then o_proj."""
+        a = f"model.layers.{i}.self_attn"
+        qkv_w = np.concatenate([weights.get(n) for n in packed_sources(i, "self_attn.qkv_proj")], axis=0)
+        qkv_b = (np.concatenate([weights.get(n) for n in packed_sources(i, "self_attn.qkv_proj", "bias")])
+                 if s.qkv_bias else None)
         qkv = linear(g, normed, f"{a}.qkv_proj", qkv_w, qkv_b)
         del qkv_w, qkv_b
         q_dim, kv_dim = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
@@ -132,22 +123,37 @@ def build_decoder(g: Graph, spec: ModelSpec, weights: Weights, *, dtype: type = 
              outputs=[f"{a}/attn_out", f"present.{i}.key", f"present.{i}.value"],
              num_heads=s.num_heads, kv_num_heads=s.num_kv_heads, do_rotary=1, rotary_interleaved=0,
              local_window_size=-1, scale=float(s.head_dim ** -0.5))
-        attn = f"{a}/attn_out"
         g.output(f"present.{i}.key", T, present_shape)
         g.output(f"present.{i}.value", T, present_shape)
         o_bias = weights.get(f"{a}.o_proj.bias") if f"{a}.o_proj.bias" in weights else None  # Qwen3 attention_bias
-        o = linear(g, attn, f"{a}.o_proj", weights.get(f"{a}.o_proj.weight"), o_bias)
+        return linear(g, f"{a}/attn_out", f"{a}.o_proj", weights.get(f"{a}.o_proj.weight"), o_bias)
 
-        normed, residual = skip_norm(o, residual, f"{p}.post_attention_layernorm.weight", f"{p}/post_attention_norm")
-        m = f"{p}.mlp"
-        gate_up_w = np.concatenate([weights.get(f"{m}.gate_proj.weight"), weights.get(f"{m}.up_proj.weight")], axis=0)
+    def mlp(i: int, normed: str) -> str:
+        """SwiGLU: one packed gate_up matmul, split, silu(gate) * up, down_proj."""
+        m = f"model.layers.{i}.mlp"
+        gate_up_w = np.concatenate([weights.get(n) for n in packed_sources(i, "mlp.gate_up_proj")], axis=0)
         gate_up = linear(g, normed, f"{m}.gate_up_proj", gate_up_w, None)
         del gate_up_w
         gate, up = g.op("Split", [gate_up, g.const([s.intermediate_size] * 2, "gate_up_split", np.int64)],
                         f"{m}/Split", n_out=2, axis=-1)
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{m}/Sigmoid")], f"{m}/SiLU")
-        pending = linear(g, g.op("Mul", [act, up], f"{m}/Mul"), f"{m}.down_proj",
-                         weights.get(f"{m}.down_proj.weight"), None)
+        return linear(g, g.op("Mul", [act, up], f"{m}/Mul"), f"{m}.down_proj", weights.get(f"{m}.down_proj.weight"),
+                      None)
+
+    # One decoder layer: norm, attention, add + norm, MLP; each residual add is fused into the next norm.
+    residual = hidden
+    pending = None  # output of the previous block, still to be added to the residual
+    for i in range(s.num_layers):
+        p = f"model.layers.{i}"
+        if pending is None:
+            w = f"{p}.input_layernorm.weight"
+            normed = g.op("SimplifiedLayerNormalization", [hidden, g.weight(w, weights.get(w).astype(dtype, copy=False))],
+                          f"{p}/input_norm", axis=-1, epsilon=eps, stash_type=1)
+        else:
+            normed, residual = skip_norm(pending, residual, f"{p}.input_layernorm.weight", f"{p}/input_norm")
+        o = attention(i, normed)
+        normed, residual = skip_norm(o, residual, f"{p}.post_attention_layernorm.weight", f"{p}/post_attention_norm")
+        pending = mlp(i, normed)
         progress(i)
 
     normed, _ = skip_norm(pending, residual, "model.norm.weight", "model/final_norm")

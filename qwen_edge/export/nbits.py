@@ -153,7 +153,8 @@ def checkpoint_linear(ckpt, accuracy_level: int = ACCURACY_LEVEL):
     Projections that share an input (q/k/v, gate/up) and a permutation, as auto-gptq's act-order gives them
     (same Hessian), stay one packed MatMulNBits; otherwise each gets its own and the outputs are concatenated.
     """
-    from ..sources.checkpoint import PARTS, concat_rows, split_name
+    from ..sources.checkpoint import concat_rows, split_name
+    from ..spec import PACKED as PARTS
 
     def linear(g: Graph, x: str, name: str, _w: np.ndarray, b: np.ndarray | None) -> str:
         layer, kind = split_name(name)

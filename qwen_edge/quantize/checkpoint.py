@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 
 from ..pack import NBits, QWeight, from_matmulnbits, to_gptq
-from ..sources.checkpoint import PARTS
+from ..spec import PACKED as PARTS
 from ..spec import ModelSpec
 
 

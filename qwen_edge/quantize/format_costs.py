@@ -39,6 +39,7 @@ import numpy as np
 
 from ..cache import cache_dir
 from ..ort_options import session_options
+from ..spec import LINEARS
 from .recipe import Format, linear_shapes
 
 SCHEMA = 5  # 2: distinct copies (identical ones were shared); 3-4: round-robin (wrong, see above); 5: one at a time
@@ -48,7 +49,7 @@ COLD_BYTES = 256 << 20
 PREFILL_M = 256
 MAX_COPIES = 256  # tiny shapes: enough copies to time them, not a graph of thousands of nodes
 STEP_CONTEXT = 512  # cached positions when the rest of a decode step is timed (the benchmarks' prompt)
-KINDS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj", "lm_head")
+KINDS = (*LINEARS, "lm_head")
 
 
 @dataclass

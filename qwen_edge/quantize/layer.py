@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..export.rope import cos_sin_cache
-from ..spec import ModelSpec
-
-LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+from ..spec import LINEARS, ModelSpec, packed_sources  # noqa: F401  (LINEARS: the quantizers import it from here)
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -40,16 +38,11 @@ class DecoderLayer:
         self.spec, self.i = spec, i
         p = f"model.layers.{i}"
         get = lambda n: torch.from_numpy(np.ascontiguousarray(weights.get(n), dtype=np.float32))
-        a, m = f"{p}.self_attn", f"{p}.mlp"
-        self.w = {
-            "self_attn.qkv_proj": torch.cat([get(f"{a}.{n}_proj.weight") for n in "qkv"]),
-            "self_attn.o_proj": get(f"{a}.o_proj.weight"),
-            "mlp.gate_up_proj": torch.cat([get(f"{m}.gate_proj.weight"), get(f"{m}.up_proj.weight")]),
-            "mlp.down_proj": get(f"{m}.down_proj.weight"),
-        }
+        a = f"{p}.self_attn"
+        self.w = {k: torch.cat([get(n) for n in packed_sources(i, k)]) for k in LINEARS}
         self.b: dict[str, torch.Tensor] = {}
         if spec.qkv_bias:
-            self.b["self_attn.qkv_proj"] = torch.cat([get(f"{a}.{n}_proj.bias") for n in "qkv"])
+            self.b["self_attn.qkv_proj"] = torch.cat([get(n) for n in packed_sources(i, "self_attn.qkv_proj", "bias")])
         if f"{a}.o_proj.bias" in weights:
             self.b["self_attn.o_proj"] = get(f"{a}.o_proj.bias")
         self.norm = {"input_layernorm": get(f"{p}.input_layernorm.weight"),

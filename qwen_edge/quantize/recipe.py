@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..spec import ModelSpec
+from ..spec import LINEARS, ModelSpec  # LINEARS: the exporter's packed linears (spec.PACKED)
 
-LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 SCHEMA, VERSION = "qwen-edge-recipe", 1
 _FMT = re.compile(r"^int([48])g(16|32|64|128|256)$")
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..pack import rtn
-from ..spec import ModelSpec
+from ..spec import ModelSpec, packed_sources
 from .layer import LINEARS, DecoderLayer, rms_norm, rope_tables
 from .recipe import Format
 
@@ -248,9 +248,5 @@ def _weight(key: str, weights: Any, spec: ModelSpec) -> np.ndarray:
     if key == HEAD:
         return np.asarray(weights.get("lm_head.weight"), dtype=np.float32)
     layer, name = key.split(".")[2], key.split(".", 3)[3]
-    p = f"model.layers.{layer}"
-    parts = {"self_attn.qkv_proj": [f"{p}.self_attn.{n}_proj.weight" for n in "qkv"],
-             "self_attn.o_proj": [f"{p}.self_attn.o_proj.weight"],
-             "mlp.gate_up_proj": [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"],
-             "mlp.down_proj": [f"{p}.mlp.down_proj.weight"]}[name]
-    return np.concatenate([np.asarray(weights.get(n), dtype=np.float32) for n in parts])
+    return np.concatenate([np.asarray(weights.get(n), dtype=np.float32)
+                           for n in packed_sources(int(layer), name)])

@@ -20,11 +20,6 @@ from ..errors import SourceError
 from ..pack import AWQTensors, GPTQTensors, QWeight, from_awq, from_gptq
 from ..spec import ModelSpec
 
-# exporter name suffix -> the HF projections packed into it
-PARTS = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-         "self_attn.o_proj": ("self_attn.o_proj",),
-         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
-         "mlp.down_proj": ("mlp.down_proj",)}
 
 
 def split_name(name: str) -> tuple[str, str]:
