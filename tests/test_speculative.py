@@ -231,3 +231,113 @@ def test_cli_run_with_lookup_and_draft(tinies):
     assert p.returncode == 0, p.stderr
     sp = json.loads(p.stdout)["speculative"]
     assert sp["lookup"] == 4 and sp["tokens_per_pass"] >= 1
+
+
+# --- speculation composes with constraints, tools and log-probabilities (one loop, processors per position) --
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "n": {"type": "integer", "minimum": 0, "maximum": 999}},
+          "required": ["name", "n"], "additionalProperties": False}
+DOC = "The quick brown fox jumps over the lazy dog. " * 6
+
+
+@pytest.mark.parametrize("how", ["lookup", "draft-other", "draft-self"])
+@pytest.mark.parametrize("kw", [dict(json_schema=SCHEMA), dict(regex="[a-z ]{0,40}"),
+                                dict(grammar='start: "fox" " dog"*'), dict(json_object=True),
+                                dict(logprobs=4), dict(json_schema=SCHEMA, logprobs=2)],
+                         ids=["schema", "regex", "grammar", "json_object", "logprobs", "schema+logprobs"])
+def test_constrained_greedy_speculation_equals_plain(tinies, how, kw):
+    plain = load(tinies["a"])
+    spec_kw = {"lookup": dict(lookup=6), "draft-other": dict(draft=tinies["b"], draft_tokens=5),
+               "draft-self": dict(draft=tinies["a"], draft_tokens=7)}[how]
+    spec = load(tinies["a"], False, **spec_kw)
+    want = plain.complete(DOC, temperature=0, max_new_tokens=60, **kw)
+    got = spec.complete(DOC, temperature=0, max_new_tokens=60, **kw)
+    assert got.tokens == want.tokens and got.finish_reason == want.finish_reason
+    sp = got.timings.speculative
+    assert sp is not None and sp["passes"] >= 1
+    if how == "draft-self" and len(want.tokens) > 8:
+        assert sp["accepted"] > 0 and sp["tokens_per_pass"] > 1.5, sp  # proposals kept under the constraint
+    if "logprobs" in kw:  # the same entries as plain decoding (verify rows equal the one-row steps to ~1e-6)
+        assert [e.id for e in got.logprobs] == got.tokens
+        for a, b in zip(got.logprobs, want.logprobs):
+            assert abs(a.logprob - b.logprob) < 1e-4 and [i for i, _ in a.top] == [i for i, _ in b.top]
+
+
+def test_rejected_proposals_leave_the_constraint_where_the_kept_tokens_put_it(tinies):
+    """A draft that disagrees often (a different random model), sampled under a schema over many seeds: every
+    reply that ends validates, so the grammar's state always followed exactly the kept tokens."""
+    import json
+
+    import jsonschema
+    spec = load(tinies["a"], False, draft=tinies["b"], draft_tokens=4)
+    rejected = 0
+    for seed in range(12):
+        r = spec.complete(DOC, json_schema=SCHEMA, temperature=1.0, seed=seed, max_new_tokens=200)
+        sp = r.timings.speculative
+        rejected += sp["proposed"] - sp["accepted"]
+        if r.finish_reason == "eos":
+            jsonschema.validate(json.loads(r.text), SCHEMA)
+    assert rejected > 20  # the reject path ran
+
+
+def test_constrained_sampling_keeps_the_target_distribution(tinies):
+    """The speculative sampling rule under a constraint: the first three tokens' frequencies match the
+    target's exact masked distribution (chi-square), with a draft whose proposals the grammar often refuses."""
+    from scipy.stats import chisquare
+    params = dict(temperature=1.0, top_k=3)
+    grammar = dict(regex="[a-z ]{40,60}")  # three tokens never finish it: every step is masked
+    target = load(tinies["a"])
+    prompt = REPEATING[:20]
+    r = target.new_runner()
+    exact: dict[tuple, float] = {}
+    sp = SamplingParams(**params)
+
+    def dist(prefix: list[int]) -> np.ndarray:
+        c = target.constraint(**grammar)
+        for t in prefix:
+            c.advance(t)
+        r.reset()
+        r.append(prompt + prefix)
+        return probs(c.mask(r.forward().copy()), sp)
+    p1 = dist([])
+    for a in np.flatnonzero(p1):
+        p2 = dist([int(a)])
+        for b in np.flatnonzero(p2):
+            p3 = dist([int(a), int(b)])
+            for c in np.flatnonzero(p3):
+                exact[(int(a), int(b), int(c))] = p1[a] * p2[b] * p3[c]
+    spec = load(tinies["a"], False, draft=tinies["a-noisy"], draft_tokens=2)
+    n, counts, proposed, accepted = 2000, {}, 0, 0
+    for seed in range(n):
+        g = spec.complete(prompt, max_new_tokens=3, ignore_eos=True, seed=seed, **params, **grammar)
+        counts[tuple(g.tokens)] = counts.get(tuple(g.tokens), 0) + 1
+        proposed += g.timings.speculative["proposed"]
+        accepted += g.timings.speculative["accepted"]
+    assert set(counts) <= set(exact)
+    assert 0 < accepted < proposed
+    keys = sorted(exact)
+    expected = np.array([exact[k] for k in keys]) * n
+    observed = np.array([counts.get(k, 0) for k in keys])
+    small = expected < 5
+    obs = np.append(observed[~small], observed[small].sum())
+    exp = np.append(expected[~small], expected[small].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-3
+
+
+def test_tool_calls_speculate_too(tmp_path):
+    """tool_choice required / a named function on a tiny model with Qwen's <tool_call> tokens: lookup gives
+    plain greedy's tokens, and the calls parse."""
+    from qwen_edge.runtimes.tools import check_tools
+    _, hf = make_tiny(tmp_path / "hf", specials=["<tool_call>", "</tool_call>"], max_position_embeddings=MAX_LEN)
+    export(str(hf), tmp_path / "onnx", max_length=MAX_LEN, progress=False)
+    tools = check_tools([{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string", "maxLength": 20}}, "required": ["a"]}}},
+        {"type": "function", "function": {"name": "g"}}])
+    plain, spec = load(tmp_path / "onnx"), load(tmp_path / "onnx", False, lookup=6)
+    for choice in ("required", {"type": "function", "function": {"name": "f"}}):
+        want = plain.complete(DOC, tools=tools, tool_choice=choice, temperature=0, max_new_tokens=80)
+        got = spec.complete(DOC, tools=tools, tool_choice=choice, temperature=0, max_new_tokens=80)
+        assert got.tokens == want.tokens and got.tool_calls is not None
+        assert got.timings.speculative["passes"] >= 1

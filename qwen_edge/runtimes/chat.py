@@ -78,7 +78,7 @@ class Chat:
         opts = {**self.defaults, **options}
         max_new = check_max_new_tokens(opts.get("max_new_tokens", 512))
         params = self.model.sampling(**{k: opts.get(k) for k in _SAMPLING})
-        # a reply constrained to a schema or grammar, or with log-probabilities (then no speculation)
+        # a reply constrained to a schema or grammar, or with log-probabilities (both compose with speculation)
         constraint = self.model.constraint(**{k: opts[k] for k in _CONSTRAINTS if opts.get(k) is not None})
         from .logprobs import check_top
         top = check_top(opts.get("logprobs"))
@@ -92,11 +92,10 @@ class Chat:
             self.last = stream.result
             self.messages = messages + [{"role": "assistant", "content": stream.result.text}]
 
-        plain = constraint is not None or top is not None
         return TextStream(self.runner, Sampler(params, constraint, top), self.model.tokenizer, max_new_tokens=max_new,
                           stop_ids=self.model.stop_token_ids, stops=opts.get("stop"),
                           ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done,
-                          proposer=None if plain else self.model._proposer(self.runner.history.tolist(), max_new))
+                          proposer=self.model._proposer(self.runner.history.tolist(), max_new))
 
     # ------------------------------------------------------------------ internals
     def _new_ids(self, text: str) -> tuple[int, list[int]]:

@@ -189,6 +189,27 @@ class Constraint:
         self.masks += 1
         return out
 
+    def fork(self) -> Constraint:
+        """An independent copy of this generation's state (a draft model's proposals follow it)."""
+        c = object.__new__(Constraint)
+        c._np, c.vocab_size, c.mask_s, c.masks = self._np, self.vocab_size, 0.0, 0
+        c.matcher = self.matcher.deep_copy()
+        c.bitmask = self._np.allocate_token_bitmask(1, self.vocab_size)
+        return c
+
+    def mask_prefix(self, logits: np.ndarray) -> np.ndarray:
+        """`mask` for a row over the first ids of the vocabulary (a draft's smaller, unpadded vocabulary)."""
+        n = np.asarray(logits).shape[-1]
+        if n == self.vocab_size:
+            return self.mask(logits)
+        full = np.full(self.vocab_size, -np.inf, dtype=np.float32)
+        full[:n] = logits
+        return self.mask(full)[:n]
+
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many of `tokens`, in order, the grammar would accept from its current state (state unchanged)."""
+        return int(self.matcher.validate_tokens([int(t) for t in tokens]))
+
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(int(token)):
             raise ConstraintFailed(f"constrained decoding stopped: {_first_line(self.matcher.get_error() or '')} "

@@ -193,9 +193,10 @@ class Model:
         ignore_eos: run max_new_tokens steps even past end tokens (benchmarks).
         json_schema (a schema: the output is JSON that matches it), json_object (any JSON object), regex,
         grammar (Lark text): constrained decoding (constrained.py, llguidance); one of them at most. An
-        invalid one is a QwenEdgeError before anything is generated. Speculation is off for such a call.
+        invalid one is a QwenEdgeError before anything is generated. With a draft or lookup, proposals are
+        verified under the constraint (speculative.py).
         logprobs: N in 0..20: `.result.logprobs` gets each token's log-probability and the N most likely
-        alternatives (logprobs.py says from which distribution); speculation is off for such a call.
+        alternatives (logprobs.py says from which distribution), also while speculating.
         tools, tool_choice: OpenAI's; rendered by the model's template (tools.py). "required" or a named function
         constrains the reply to valid <tool_call> blocks; `complete` parses them into `result.tool_calls`.
         """
@@ -223,7 +224,7 @@ class Model:
         constraint = self.constraint(json_schema=json_schema, json_object=json_object, regex=regex,
                                      grammar=grammar)
         ids = self.fit(self.prompt_ids(prompt, tools), max_new_tokens, truncate)
-        proposer = None if constraint is not None or top is not None else self._proposer(ids, max_new_tokens)
+        proposer = self._proposer(ids, max_new_tokens)  # speculation composes with constraints and logprobs
         runner = self._acquire()
         try:
             runner.append(ids)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import QwenEdgeError
 from .kv import Runner
-from .sampler import Sampler, _distribution, _draw, probs
+from .sampler import Sampler, _distribution, _draw, probs, sampled
 
 
 @dataclass
@@ -135,8 +135,15 @@ class DraftModel:
         t = time.perf_counter()
         out: list[int] = []
         qs: list[np.ndarray] | None = None if sampler.params.greedy else []
+        # under a constraint the draft proposes what the grammar allows (a copy of its state follows the
+        # proposals): an unconstrained draft's text is rarely valid JSON, so its proposals would all be cut
+        grammar = sampler.constraint.fork() if sampler.constraint is not None else None
         for i in range(k):
             logits = r.forward()
+            if grammar is not None:
+                logits = grammar.mask_prefix(logits)
+                if not np.isfinite(logits.max()):  # nothing the draft knows is allowed: stop proposing
+                    break
             if qs is None:
                 tok = int(logits.argmax())
             else:
@@ -144,6 +151,10 @@ class DraftModel:
                 tok = _draw(q, float(sampler.rng.random()))
                 qs.append(q)
             out.append(tok)
+            if grammar is not None:
+                grammar.advance(tok)
+                if grammar.done:
+                    break
             if i + 1 < k:
                 r.push(tok)
         if k and catch_up <= 2:  # a step's cost, not a prompt's prefill
@@ -235,9 +246,18 @@ def check_draft(target: Any, draft: Any) -> None:
 def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new_tokens: int,
                      stop_ids: frozenset[int], ignore_eos: bool, timings: Any, t0: float,
                      cancel: Callable[[], bool] | None, stats: SpecStats) -> Iterator[int]:
-    """token_loop's contract (generate.py) with proposals verified in one pass; fills `stats`."""
+    """token_loop's contract (generate.py) with proposals verified in one pass; fills `stats`.
+
+    A constraint (constrained.py) masks the target's logits at every verified position, in the state after
+    the tokens accepted before it, and advances only on tokens that are kept: a proposal the grammar does not
+    allow has probability zero and is rejected, so nothing is ever rolled back and the output follows the
+    same rules as plain constrained decoding. Proposals are first cut to the prefix the grammar accepts
+    (llguidance's validate_tokens: no pass is spent on a token that cannot be kept). With logprobs, each
+    kept token's entry is computed from its position's (masked, penalized) row, as the plain loop does."""
     params = sampler.params
     history_needed = sampler.needs_history
+    constraint = sampler.constraint
+    top = sampler.top_logprobs
     timings.cached_tokens = runner.length
     timings.prompt_tokens = runner.n - runner.length
     start = runner.n
@@ -250,23 +270,37 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
     emitted = 0
     proposer.begin(runner)
 
-    def choose(row: np.ndarray, pos: int) -> tuple[np.ndarray | None, int]:
-        """The target's distribution at history length `pos` (None when greedy) and, greedy, its token."""
+    def choose(row: np.ndarray, pos: int) -> tuple[np.ndarray | None, int, np.ndarray]:
+        """The target's distribution at history length `pos` (None when greedy), greedy, its token, and the
+        row as sampled from (masked by the constraint in its current state)."""
+        if constraint is not None:
+            row = constraint.mask(row)
         hist = runner.ids[:pos] if history_needed else None
         gen = runner.ids[start:pos] if history_needed else None
         if params.greedy:
             if not history_needed:
-                return None, int(row.argmax())
+                return None, int(row.argmax()), row
             ids, _ = _distribution(row, params, hist, gen)
-            return None, int(ids[0])
-        return probs(row, params, hist, gen), -1
+            return None, int(ids[0]), row
+        return probs(row, params, hist, gen), -1, row
+
+    def keep(tok: int, row: np.ndarray, pos: int) -> int:
+        """A token is final: the constraint follows it and its log-probability is recorded."""
+        if constraint is not None:
+            constraint.advance(tok)
+        if top is not None:
+            hist = runner.ids[:pos] if history_needed else None
+            gen = runner.ids[start:pos] if history_needed else None
+            sampler.log.append(sampled(row, params, hist, gen, tok, top))
+        return tok
 
     try:
         # the first token: from the prefill's logits, as in the plain loop
         ts = time.perf_counter()
-        p, tok = choose(logits[0], runner.n)
+        p, tok, row = choose(logits[0], runner.n)
         if p is not None:
             tok = _draw(p, float(sampler.rng.random()))
+        keep(tok, row, runner.n)
         sample_s += time.perf_counter() - ts
         runner.push(tok)
         emitted = 1
@@ -289,6 +323,9 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
             t_step = time.perf_counter()
             if k > 0:
                 props, qs = proposer.propose(runner.history, k, sampler)
+                if constraint is not None and props:  # only what the grammar can accept is worth a check
+                    props = props[:constraint.valid_prefix(props)]
+                    qs = None if qs is None else qs[:len(props)]
                 k = len(props)
             tp = time.perf_counter()
             if k:
@@ -302,23 +339,27 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
             out: list[int] = []
             accepted = 0
             for i in range(k + 1):
-                p, tgt = choose(logits[i], base + i)
+                p, tgt, row = choose(logits[i], base + i)
                 if i == k:  # every proposal kept: the target's next token comes free
-                    out.append(tgt if p is None else _draw(p, float(sampler.rng.random())))
+                    out.append(keep(tgt if p is None else _draw(p, float(sampler.rng.random())), row, base + i))
                     break
                 d = props[i]
                 if p is None:  # greedy
                     if d == tgt:
-                        out.append(d)
+                        out.append(keep(d, row, base + i))
                         accepted += 1
+                        if d in stop_ids and not ignore_eos:  # the generation ends here: nothing after it is kept
+                            break
                         continue
-                    out.append(tgt)
+                    out.append(keep(tgt, row, base + i))
                     break
                 q = None if qs is None else qs[i]
                 qd = 1.0 if q is None else float(q[d])
                 if qd > 0 and sampler.rng.random() < min(1.0, p[d] / qd):
-                    out.append(d)
+                    out.append(keep(d, row, base + i))
                     accepted += 1
+                    if d in stop_ids and not ignore_eos:
+                        break
                     continue
                 if q is None:
                     r = p.copy()
@@ -328,7 +369,7 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
                     r[:q.size] -= q
                     np.maximum(r, 0.0, out=r)
                 s = r.sum()
-                out.append(_draw(r if s > 0 else p, float(sampler.rng.random())))
+                out.append(keep(_draw(r if s > 0 else p, float(sampler.rng.random())), row, base + i))
                 break
             sample_s += time.perf_counter() - ts
             ctl.record(k, accepted, pass_s)
@@ -353,6 +394,8 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
         proposer.end()
         timings.sample_s = sample_s
         timings.run_s = runner.run_seconds - run0
+        if constraint is not None:
+            timings.mask_s = constraint.mask_s
 
 
 def _settle(runner: Runner, base: int, accepted: int) -> None:

@@ -131,8 +131,7 @@ class Engine:
         runner, _ = self._runner_for(ids)
         try:
             # a draft's runner is attached to this runner: it keeps the same conversation's prefix cached
-            plain = constraint is not None or top_logprobs is not None  # (neither speculates)
-            proposer = None if plain else self.model._proposer(list(ids), max_new_tokens)
+            proposer = self.model._proposer(list(ids), max_new_tokens)
             return TextStream(runner, Sampler(params, constraint, top_logprobs), self.model.tokenizer,
                               max_new_tokens=max_new_tokens, stop_ids=self.model.stop_token_ids, stops=stop, t0=t0,
                               on_done=lambda s: self._give_back(s.runner), cancel=cancel, proposer=proposer)
