@@ -64,6 +64,20 @@ def test_browser_page_in_headless_chromium(fixtures, tmp_path):
     assert (tmp_path / "web-tiny-fp16.png").stat().st_size > 10_000
 
 
+def test_hand_written_types_match_src(tmp_path):
+    """js/types/index.d.ts against declarations TypeScript generates from src/: the same public methods and
+    option keys (it had drifted: render() took tools the types did not declare). The check fails on drift."""
+    _need_node()
+    r = subprocess.run(["node", "scripts/check-types.js"], cwd=JS, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "matches src/" in r.stdout, r.stdout + r.stderr
+    drifted = tmp_path / "index.d.ts"
+    text = (JS / "types" / "index.d.ts").read_text()
+    drifted.write_text(text.replace("; tools?: Tool[] | null }): string;", " }): string;"))
+    r = subprocess.run(["node", "scripts/check-types.js", str(drifted)], cwd=JS, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and "Model.render(options): src/ takes tools" in r.stderr, r.stdout + r.stderr
+
+
 def test_electron_example_type_checks():
     _need_node()
     r = subprocess.run(["npx", "tsc", "-p", "../examples/electron/tsconfig.json"], cwd=JS, capture_output=True,

@@ -4,7 +4,10 @@ export class QwenEdgeError extends Error {}
 
 export interface Message {
   role: "system" | "user" | "assistant" | "tool";
-  content: string;
+  content: string | null;         // null: an assistant message that only calls tools
+  tool_calls?: ToolCall[];        // an assistant's calls (rendered back as <tool_call> blocks)
+  tool_call_id?: string;          // a tool result: the call it answers
+  name?: string;
 }
 
 /** A prompt: raw text, chat messages (rendered with the model's template) or token ids. */
@@ -92,8 +95,10 @@ export class Model {
   readonly manifest: { model: Record<string, unknown>; max_length: number; [k: string]: unknown };
   encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
   decode(ids: number[], options?: { skipSpecialTokens?: boolean }): string;
-  render(messages: Message[], options?: { addGenerationPrompt?: boolean }): string;
-  promptIds(prompt: Prompt): number[];
+  render(messages: Message[], options?: { addGenerationPrompt?: boolean; tools?: Tool[] | null }): string;
+  promptIds(prompt: Prompt, tools?: Tool[] | null): number[];
+  /** The prompt's ids checked against the context (or cut from the left when `truncate`). */
+  fit(ids: number[], maxNewTokens: number, truncate: boolean): number[];
   stream(prompt: Prompt, options?: GenerateOptions): TextStream;
   complete(prompt: Prompt, options?: GenerateOptions): Promise<Result>;
   generate(prompt: Prompt, options?: GenerateOptions): Promise<string>;
