@@ -181,6 +181,11 @@ export class TextStream {
     this.done = false;
   }
 
+  /**
+   * The one consumer loop: a producer (plain steps, or prompt lookup) yields tokens with whether the context
+   * is full after each; end tokens, max tokens, stop strings, cancellation, detokenizing and timings live here
+   * once. Breaking out of the producer lets it settle the cache (its finally block).
+   */
   async *[Symbol.asyncIterator]() {
     const tm = { promptTokens: this.cache.ids.length - this.cache.length, cachedTokens: this.cache.length,
       newTokens: 0, ttftS: 0, prefillS: 0, decodeS: 0, totalS: 0 };
@@ -188,42 +193,28 @@ export class TextStream {
     const text = [];
     const decoder = new StreamDecoder(this.model.tokenizer);
     const start = this.cache.ids.length;
-    const penalty = this.sampler.needsHistory;
     let reason = "length";
     let tFirst = 0;
     let tLast = 0;
     try {
       if (this.model.closed) { reason = "cancelled"; return; } // closed before the first step
-      let t = now();
-      let logits = await this.model._forward(this.cache);
+      const t = now();
+      const logits = await this.model._forward(this.cache);
       tm.prefillS = now() - t;
-      if (this.model.lookup && this.sampler.greedy && this.sampler.topLogprobs === null) {
-        tm.speculative = { proposed: 0, accepted: 0, passes: 0, tokens: 0 };
-        const spec = this._lookup(logits, start, tm, tokens, decoder, text);
-        let r;
-        while (!(r = await spec.next()).done) yield r.value;
-        reason = r.value.reason;
-        tFirst = r.value.tFirst;
-        tLast = r.value.tLast;
-        const sp = tm.speculative;
-        sp.acceptanceRate = sp.proposed ? sp.accepted / sp.proposed : 0;
-        sp.tokensPerPass = sp.passes ? sp.tokens / sp.passes : 0;
-        delete sp.tokens;
-      } else for (let i = 0; i < this.maxNew; i++) {
-        const tok = this.sampler.greedy && !penalty && this.sampler.topLogprobs === null ? argmax(logits)
-          : this.sampler.sample(logits, penalty ? this.cache.ids : null, penalty ? this.cache.ids.slice(start) : null);
-        this.cache.push(tok);
+      const lookup = this.model.lookup && this.sampler.greedy && this.sampler.topLogprobs === null;
+      if (lookup) tm.speculative = { proposed: 0, accepted: 0, passes: 0, tokens: 0 };
+      const steps = lookup ? this._lookupSteps(logits, start, tm) : this._plainSteps(logits, start);
+      for await (const { tok, full } of steps) {
         tokens.push(tok);
-        tm.newTokens = i + 1;
+        tm.newTokens = tokens.length;
         tLast = now();
-        if (i === 0) { tFirst = tLast; tm.ttftS = tLast - this.t0; }
+        if (tokens.length === 1) { tFirst = tLast; tm.ttftS = tLast - this.t0; }
         if (this.stopIds.has(tok)) { reason = "eos"; break; }
         const [out, stopped] = this.matcher.put(decoder.put(tok));
         if (out) { text.push(out); yield out; }
         if (stopped) { reason = "stop"; break; }
         if (this.signal?.aborted || this.model.closed) { reason = "cancelled"; break; }
-        if (i + 1 === this.maxNew || this.cache.free === 0) break;
-        logits = await this.model._forward(this.cache);
+        if (tokens.length === this.maxNew || full) break;
       }
       if (reason !== "stop") {
         let [tail, stopped] = this.matcher.put(decoder.flush());
@@ -236,6 +227,12 @@ export class TextStream {
       tm.decodeS = tLast - tFirst;
       tm.prefillTps = tm.prefillS > 0 ? tm.promptTokens / tm.prefillS : 0;
       tm.decodeTps = tm.newTokens > 1 && tm.decodeS > 0 ? (tm.newTokens - 1) / tm.decodeS : 0;
+      const sp = tm.speculative;
+      if (sp) {
+        sp.acceptanceRate = sp.proposed ? sp.accepted / sp.proposed : 0;
+        sp.tokensPerPass = sp.passes ? sp.tokens / sp.passes : 0;
+        delete sp.tokens;
+      }
       this.result = { text: text.join(""), tokens, finishReason: reason, timings: tm };
       if (this.sampler.topLogprobs !== null) this.result.logprobs = this.sampler.log;
       this.done = true;
@@ -243,11 +240,24 @@ export class TextStream {
     }
   }
 
+  /** The plain producer: one token a forward pass, each fed back in place (the last one stays pending). */
+  async *_plainSteps(logits, start) {
+    const penalty = this.sampler.needsHistory;
+    const fast = this.sampler.greedy && !penalty && this.sampler.topLogprobs === null;
+    for (;;) {
+      const tok = fast ? argmax(logits)
+        : this.sampler.sample(logits, penalty ? this.cache.ids : null, penalty ? this.cache.ids.slice(start) : null);
+      this.cache.push(tok);
+      yield { tok, full: this.cache.free === 0 };
+      logits = await this.model._forward(this.cache);
+    }
+  }
+
   /**
-   * Greedy decoding with prompt lookup: the same tokens as the plain loop (each kept proposal is the
-   * model's own choice), several a forward pass. Yields text pieces; returns {reason, tFirst, tLast}.
+   * The prompt-lookup producer (greedy): the same tokens as the plain one (each kept proposal is the
+   * model's own choice), several a forward pass.
    */
-  async *_lookup(logits, start, tm, tokens, decoder, text) {
+  async *_lookupSteps(logits, start, tm) {
     const cache = this.cache;
     const penalty = this.sampler.needsHistory;
     const vocab = this.model.spec.vocab_size;
@@ -257,53 +267,43 @@ export class TextStream {
       const row = rows.subarray(i * vocab, (i + 1) * vocab);
       return penalty ? this.sampler.sample(row, cache.ids.slice(0, upto), cache.ids.slice(start, upto)) : argmax(row);
     };
-    let tFirst = 0;
-    let tLast = 0;
     let out = [pick(logits, 0, cache.ids.length)]; // the first token, from the prefill
     let base = cache.ids.length;
     let accepted = 0;
-    for (;;) {
-      // the rollback: keep the pending token and the accepted proposals (their keys and values were computed
-      // from the same prefix); later positions are overwritten, nothing copied. The last token is pending.
-      cache.truncate(base + accepted);
-      cache.push(out[accepted]);
-      for (let j = 0; j < out.length; j++) {
-        const end = (reason) => {
-          if (j < out.length - 1) { cache.truncate(base + j); cache.push(out[j]); } // as the plain loop leaves it
-          return { reason, tFirst, tLast };
-        };
-        tokens.push(out[j]);
-        tm.newTokens = tokens.length;
-        tLast = now();
-        if (!tFirst) { tFirst = tLast; tm.ttftS = tLast - this.t0; }
-        if (this.stopIds.has(out[j])) return end("eos");
-        const [piece, stopped] = this.matcher.put(decoder.put(out[j]));
-        if (piece) { text.push(piece); yield piece; }
-        if (stopped) return end("stop");
-        if (this.signal?.aborted || this.model.closed) return end("cancelled");
-        if (tokens.length === this.maxNew || base + j + 1 === cache.maxLength) return end("length");
+    let j = -1; // the index in `out` of the token the consumer holds (-1: none of this pass yet)
+    try {
+      for (;;) {
+        // the rollback: keep the pending token and the accepted proposals (their keys and values were computed
+        // from the same prefix); later positions are overwritten, nothing copied. The last token is pending.
+        cache.truncate(base + accepted);
+        cache.push(out[accepted]);
+        for (j = 0; j < out.length; j++) yield { tok: out[j], full: base + j + 1 === cache.maxLength };
+        j = -1;
+        base = cache.ids.length;
+        const room = Math.min(this.maxNew - tm.newTokens, cache.free) - 1; // (a pass yields up to k + 1 tokens)
+        const props = lookupProposals(cache.ids, Math.min(ctl.choose(), room));
+        const k = props.length;
+        const tp = now();
+        if (k) cache.append(props);
+        const rows = await this.model._forward(cache, k + 1);
+        const passS = now() - tp;
+        sp.passes++;
+        out = [];
+        accepted = 0;
+        for (let i = 0; i <= k; i++) {
+          const tgt = pick(rows, i, base + i);
+          out.push(tgt);
+          if (i === k || props[i] !== tgt) break;
+          accepted++;
+        }
+        ctl.record(k, accepted, passS);
+        sp.proposed += k;
+        sp.accepted += accepted;
+        sp.tokens += out.length;
       }
-      base = cache.ids.length;
-      const room = Math.min(this.maxNew - tokens.length, cache.free) - 1; // (a pass yields up to k + 1 tokens)
-      const props = lookupProposals(cache.ids, Math.min(ctl.choose(), room));
-      const k = props.length;
-      const tp = now();
-      if (k) cache.append(props);
-      const rows = await this.model._forward(cache, k + 1);
-      const passS = now() - tp;
-      sp.passes++;
-      out = [];
-      accepted = 0;
-      for (let i = 0; i <= k; i++) {
-        const tgt = pick(rows, i, base + i);
-        out.push(tgt);
-        if (i === k || props[i] !== tgt) break;
-        accepted++;
-      }
-      ctl.record(k, accepted, passS);
-      sp.proposed += k;
-      sp.accepted += accepted;
-      sp.tokens += out.length;
+    } finally {
+      // the consumer stopped at out[j]: the cache as the plain loop leaves it (that token pending)
+      if (j >= 0 && j < out.length - 1) { cache.truncate(base + j); cache.push(out[j]); }
     }
   }
 
