@@ -67,25 +67,13 @@ def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_id
                cancel: Callable[[], bool] | None = None, proposer: Any = None) -> Iterator[int]:
     """Run the runner's pending ids, then sample up to max_new_tokens ids, each fed back in place.
 
-    Stops after an end token (unless ignore_eos), max_new_tokens ids, a full context or when `cancel()`
-    turns true (checked before every forward pass: a server stops within one token of a disconnect).
-    The last sampled id stays pending (not fed): a chat's next turn feeds it with its own tokens.
-    Fills `timings`. With a `proposer` (speculative.py: a draft model or prompt lookup) the same contract
-    and the same output distribution, several tokens per forward pass.
+    The one consumer of a generation's tokens (mlx-lm's generate_step shape): a producer (`plain_steps`, or
+    speculative.py's `speculative_steps` with a draft model or prompt lookup) yields each final token, already
+    in the runner; the end tests live here once: an end token (unless ignore_eos), max_new_tokens ids, a full
+    context, or `cancel()` turning true (checked after every token, before the next forward pass: a server
+    stops within one token of a disconnect). Closing the producer lets it settle the cache. The last sampled
+    id stays pending (not fed): a chat's next turn feeds it with its own tokens. Fills `timings`.
     """
-    if proposer is not None:
-        from .speculative import SpecStats, speculative_loop
-        stats = SpecStats()
-        try:
-            yield from speculative_loop(runner, sampler, proposer, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                                        ignore_eos=ignore_eos, timings=timings, t0=t0, cancel=cancel, stats=stats)
-        finally:
-            timings.speculative = stats.to_dict()
-        return
-    penalty = sampler.needs_history
-    constraint = sampler.constraint  # constrained.py: told every sampled token
-    # the sampler's greedy path, minus its overhead
-    argmax = sampler.params.greedy and not penalty and constraint is None and sampler.top_logprobs is None
     timings.cached_tokens = runner.length
     timings.prompt_tokens = runner.n - runner.length
     start = runner.n  # ids from here on are this call's output
@@ -93,33 +81,53 @@ def token_loop(runner: Runner, sampler: Sampler, *, max_new_tokens: int, stop_id
     logits = runner.forward()
     timings.prefill_s = time.perf_counter() - t
     run0 = runner.run_seconds
-    sample = sampler.sample
-    push, forward = runner.push, runner.forward
-    sample_s = 0.0
+    stats = None
+    if proposer is None:
+        steps = plain_steps(runner, sampler, logits, start, timings)
+    else:
+        from .speculative import SpecStats, speculative_steps
+        stats = SpecStats()
+        steps = speculative_steps(runner, sampler, proposer, logits, start, timings, stats,
+                                  max_new_tokens=max_new_tokens, stop_ids=frozenset() if ignore_eos else stop_ids)
+    emitted = 0
     try:
-        for i in range(max_new_tokens):
-            ts = time.perf_counter()
-            tok = int(logits.argmax()) if argmax else (
-                sample(logits, runner.history, runner.history[start:]) if penalty else sample(logits))
-            if constraint is not None:
-                constraint.advance(tok)
-            sample_s += time.perf_counter() - ts
-            push(tok)
-            timings.new_tokens = i + 1
-            if i == 0:
+        for tok in steps:
+            emitted += 1
+            timings.new_tokens = emitted
+            if emitted == 1:
                 timings.ttft_s = time.perf_counter() - t0
             yield tok
-            if (tok in stop_ids and not ignore_eos) or i + 1 == max_new_tokens or runner.free == 0:
+            if (tok in stop_ids and not ignore_eos) or emitted == max_new_tokens or runner.free == 0:
                 return
             if cancel is not None and cancel():
                 timings.cancelled = True
                 return
-            logits = forward()
     finally:
-        timings.sample_s = sample_s
+        steps.close()  # the producer settles the cache (speculative: back to the tokens kept)
         timings.run_s = runner.run_seconds - run0
+        if sampler.constraint is not None:
+            timings.mask_s = sampler.constraint.mask_s
+        if stats is not None:
+            timings.speculative = stats.to_dict()
+
+
+def plain_steps(runner: Runner, sampler: Sampler, logits: Any, start: int, timings: Timings) -> Iterator[int]:
+    """One token a forward pass: sample (a constraint told of it), feed it back, run the next step when asked."""
+    penalty = sampler.needs_history
+    constraint = sampler.constraint  # constrained.py: told every sampled token
+    # the sampler's greedy path, minus its overhead
+    argmax = sampler.params.greedy and not penalty and constraint is None and sampler.top_logprobs is None
+    sample, push, forward = sampler.sample, runner.push, runner.forward
+    while True:
+        ts = time.perf_counter()
+        tok = int(logits.argmax()) if argmax else (
+            sample(logits, runner.history, runner.history[start:]) if penalty else sample(logits))
         if constraint is not None:
-            timings.mask_s = constraint.mask_s
+            constraint.advance(tok)
+        timings.sample_s += time.perf_counter() - ts
+        push(tok)
+        yield tok
+        logits = forward()
 
 
 class TextStream:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -243,10 +243,11 @@ def check_draft(target: Any, draft: Any) -> None:
                             f"({target.spec['vocab_size']})")
 
 
-def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new_tokens: int,
-                     stop_ids: frozenset[int], ignore_eos: bool, timings: Any, t0: float,
-                     cancel: Callable[[], bool] | None, stats: SpecStats) -> Iterator[int]:
-    """token_loop's contract (generate.py) with proposals verified in one pass; fills `stats`.
+def speculative_steps(runner: Runner, sampler: Sampler, proposer: Any, logits: np.ndarray, start: int,
+                      timings: Any, stats: SpecStats, *, max_new_tokens: int,
+                      stop_ids: frozenset[int]) -> Iterator[int]:
+    """A producer for token_loop (generate.py): each final token, already in the runner, several a forward
+    pass; fills `stats`. Closed mid-pass (the consumer stopped), it settles the cache to the tokens kept.
 
     A constraint (constrained.py) masks the target's logits at every verified position, in the state after
     the tokens accepted before it, and advances only on tokens that are kept: a proposal the grammar does not
@@ -258,16 +259,10 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
     history_needed = sampler.needs_history
     constraint = sampler.constraint
     top = sampler.top_logprobs
-    timings.cached_tokens = runner.length
-    timings.prompt_tokens = runner.n - runner.length
-    start = runner.n
     ctl = Controller(proposer.max_tokens, probe_when_gated=proposer.name == "lookup")
-    t = time.perf_counter()
-    logits = runner.forward()[None]
-    timings.prefill_s = time.perf_counter() - t
-    run0 = runner.run_seconds
     sample_s = 0.0
     emitted = 0
+    handing_out = False  # True while a pass's tokens are being yielded (a stop there settles the cache)
     proposer.begin(runner)
 
     def choose(row: np.ndarray, pos: int) -> tuple[np.ndarray | None, int, np.ndarray]:
@@ -297,22 +292,15 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
     try:
         # the first token: from the prefill's logits, as in the plain loop
         ts = time.perf_counter()
-        p, tok, row = choose(logits[0], runner.n)
+        p, tok, row = choose(logits, runner.n)
         if p is not None:
             tok = _draw(p, float(sampler.rng.random()))
         keep(tok, row, runner.n)
         sample_s += time.perf_counter() - ts
         runner.push(tok)
         emitted = 1
-        timings.new_tokens = 1
-        timings.ttft_s = time.perf_counter() - t0
         yield tok
-        if (tok in stop_ids and not ignore_eos) or emitted == max_new_tokens or runner.free == 0:
-            return
         while True:
-            if cancel is not None and cancel():
-                timings.cancelled = True
-                return
             base = runner.n  # ids through the pending token
             room = min(max_new_tokens - emitted, runner.free) - 1  # a pass yields up to k + 1 tokens
             # until the draft's cost is measured, guess it from the bytes each model reads (its file size)
@@ -348,7 +336,7 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
                     if d == tgt:
                         out.append(keep(d, row, base + i))
                         accepted += 1
-                        if d in stop_ids and not ignore_eos:  # the generation ends here: nothing after it is kept
+                        if d in stop_ids:  # the generation ends here: nothing after it is kept
                             break
                         continue
                     out.append(keep(tgt, row, base + i))
@@ -358,7 +346,7 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
                 if qd > 0 and sampler.rng.random() < min(1.0, p[d] / qd):
                     out.append(keep(d, row, base + i))
                     accepted += 1
-                    if d in stop_ids and not ignore_eos:
+                    if d in stop_ids:
                         break
                     continue
                 if q is None:
@@ -380,22 +368,19 @@ def speculative_loop(runner: Runner, sampler: Sampler, proposer: Any, *, max_new
             # the rollback: back to the pending token, then the output ids (the accepted proposals' keys and
             # values stay in the cache: they were computed from the same prefix; see _settle)
             runner.truncate(base)
+            handing_out = True
             for tok in out:
                 runner.push(tok)
                 emitted += 1
                 stats.tokens += 1
-                timings.new_tokens = emitted
-                yield tok
-                if (tok in stop_ids and not ignore_eos) or emitted == max_new_tokens or runner.free == 0:
-                    _settle(runner, base, accepted)
-                    return
+                yield tok  # the consumer may stop here: the finally block settles the cache
+            handing_out = False
             _settle(runner, base, accepted)
     finally:
+        if handing_out:
+            _settle(runner, base, accepted)
         proposer.end()
-        timings.sample_s = sample_s
-        timings.run_s = runner.run_seconds - run0
-        if constraint is not None:
-            timings.mask_s = constraint.mask_s
+        timings.sample_s += sample_s
 
 
 def _settle(runner: Runner, base: int, accepted: int) -> None:
