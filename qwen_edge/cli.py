@@ -351,6 +351,9 @@ def serve_(
               threads=threads, ctx=ctx, max_tokens=max_tokens, max_body=max_body, model_id=model_name,
               verify=verify, shutdown_timeout=shutdown_timeout, ready=ready, draft=draft,
               draft_tokens=draft_tokens, lookup=lookup, aliases=tuple(alias))
+        for name in ("SIGTERM", "SIGHUP", "SIGINT"):  # stopped: a late signal (a second SIGTERM after a quick
+            if hasattr(signal, name):                 # drain) must not raise in whatever runs at exit
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
         try:
             print("qwen-edge serve: stopped", file=sys.stderr, flush=True)  # every thread joined: exit 0
         except OSError:  # stderr is gone (the parent died): nothing to tell

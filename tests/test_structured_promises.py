@@ -163,7 +163,7 @@ def test_masked_alternatives_are_left_out_of_logprobs(tiny):
     dumps({"x": [e.logprob for e in r.logprobs]})  # allow_nan=False: would raise on -inf
 
 
-@given(st.recursive(st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.text(max_size=5) |
+@given(st.recursive(st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False) | st.integers() | st.text(max_size=5) |
                     st.none() | st.booleans(),
                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=4),
                     max_leaves=20))
