@@ -14,6 +14,7 @@ when a constraint is asked for.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,7 +180,6 @@ class Constraint:
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """logits with every token the grammar does not allow next set to -inf (a new array)."""
-        import time
         t = time.perf_counter()
         self._np.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
         out = np.array(logits, dtype=np.float32).reshape(1, -1)  # a copy: the logits buffer is the runner's
@@ -205,6 +205,21 @@ class Constraint:
         full = np.full(self.vocab_size, -np.inf, dtype=np.float32)
         full[:n] = logits
         return self.mask(full)[:n]
+
+    def allows(self, token: int) -> bool:
+        """Whether the grammar accepts `token` next (its state unchanged)."""
+        return int(self.matcher.validate_tokens([int(token)])) == 1
+
+    def greedy(self, logits: np.ndarray, pick: Any) -> int:
+        """The greedy token under the constraint: `pick(row)` on the raw row when the grammar allows that token
+        (masking only lowers the others, so it is the masked row's pick too), else on the masked row. Saves
+        applying the mask to the whole vocabulary (~1.3 ms a token on Qwen's; measured) on most steps."""
+        t = time.perf_counter()
+        tok = int(pick(logits))
+        if not self.allows(tok):
+            tok = int(pick(self.mask(logits)))
+        self.mask_s += time.perf_counter() - t
+        return tok
 
     def valid_prefix(self, tokens: list[int]) -> int:
         """How many of `tokens`, in order, the grammar would accept from its current state (state unchanged)."""

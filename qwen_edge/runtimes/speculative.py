@@ -140,8 +140,8 @@ class DraftModel:
         grammar = sampler.constraint.fork() if sampler.constraint is not None else None
         for i in range(k):
             logits = r.forward()
-            if grammar is not None:
-                logits = grammar.mask_prefix(logits)
+            if grammar is not None and not (qs is None and grammar.allows(int(logits.argmax()))):
+                logits = grammar.mask_prefix(logits)  # (greedy: only when the draft's best token is refused)
                 if not np.isfinite(logits.max()):  # nothing the draft knows is allowed: stop proposing
                     break
             if qs is None:
@@ -268,10 +268,13 @@ def speculative_steps(runner: Runner, sampler: Sampler, proposer: Any, logits: n
     def choose(row: np.ndarray, pos: int) -> tuple[np.ndarray | None, int, np.ndarray]:
         """The target's distribution at history length `pos` (None when greedy), greedy, its token, and the
         row as sampled from (masked by the constraint in its current state)."""
-        if constraint is not None:
-            row = constraint.mask(row)
         hist = runner.ids[:pos] if history_needed else None
         gen = runner.ids[start:pos] if history_needed else None
+        if constraint is not None:
+            if params.greedy and top is None:  # the mask only when the best token is refused (constrained.py)
+                pick = (lambda x: _distribution(x, params, hist, gen)[0][0]) if history_needed else np.argmax
+                return None, constraint.greedy(row, pick), row
+            row = constraint.mask(row)
         if params.greedy:
             if not history_needed:
                 return None, int(row.argmax()), row
