@@ -399,3 +399,32 @@ def test_a_client_that_resets_mid_request_leaves_no_traceback(server):
     time.sleep(0.5)
     assert _post(server, "/v1/chat/completions", dict(messages=[{"role": "user", "content": "x"}], max_tokens=2))[0] == 200
     assert not any("Traceback" in ln for ln in server.log), "".join(server.log)
+
+
+@given(_schemas(), st.integers(0, 2**16), st.booleans())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+def test_random_schemas_over_http_are_a_400_or_a_reply_that_validates(server, schema, seed, stream):
+    """The same property through the server: a 400 with a JSON error body before anything is generated, or a
+    reply that validates; every body and event parses in a strict parser (logprobs on, so masked alternatives
+    would show up as -Infinity)."""
+    body = dict(messages=[{"role": "user", "content": "x"}], max_tokens=200, temperature=1.0, seed=seed,
+                stream=stream, logprobs=True, top_logprobs=5,
+                response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
+    status, data = _post(server, "/v1/chat/completions", body)
+    if status == 400:
+        assert "\n" not in strict_json(data)["error"]["message"]
+        return
+    assert status == 200, data[:300]
+    if stream:
+        ev = sse_events(data)
+        assert ev[-1] == "[DONE]"
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in ev[:-1] if e.get("choices"))
+        reason = [e["choices"][0]["finish_reason"] for e in ev[:-1] if e.get("choices")][-1]
+    else:
+        doc = strict_json(data)
+        text, reason = doc["choices"][0]["message"]["content"], doc["choices"][0]["finish_reason"]
+    if reason == "stop":
+        jsonschema.validate(json.loads(text), schema)
+    else:
+        assert reason == "length", reason

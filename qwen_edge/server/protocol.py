@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..runtimes.constraint_check import MAX_JSON_DEPTH, json_depth  # noqa: F401 (request bodies: http.py)
+from ..runtimes.logprobs import MAX_TOP  # the one limit the Python API applies too
 from ..runtimes.template import check_text
 
 
@@ -165,16 +166,16 @@ def _logprobs(body: dict, kind: str) -> int | None:
         if on is not None and not isinstance(on, bool):
             raise ApiError(400, f"'logprobs' must be a boolean, got {_type_name(on)}", "logprobs")
         if top is not None:
-            if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
-                raise ApiError(400, "'top_logprobs' must be an integer in 0..20", "top_logprobs")
+            if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP:
+                raise ApiError(400, f"'top_logprobs' must be an integer in 0..{MAX_TOP}", "top_logprobs")
             if not on:
                 raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
         return (top or 0) if on else None
     n = body.get("logprobs")
     if n is None:
         return None
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 20:
-        raise ApiError(400, "'logprobs' must be an integer in 0..20 (the alternatives per token)", "logprobs")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_TOP:
+        raise ApiError(400, f"'logprobs' must be an integer in 0..{MAX_TOP} (the alternatives per token)", "logprobs")
     return n
 
 
