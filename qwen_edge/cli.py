@@ -16,6 +16,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Qwen dense models to fast, small, verified ONNX models for CPUs.")
 
 
+# Speculative decoding, declared once for run, bench and serve (the same options, the same words).
+DRAFT = typer.Option(None, "--draft", help="a smaller model with the same tokenizer proposes tokens that the model "
+                                           "checks in one pass (serve: in every slot): the model's own output, faster")
+DRAFT_TOKENS = typer.Option(8, "--draft-tokens", help="most tokens the draft proposes a step (fewer when they are "
+                                                        "rejected)")
+LOOKUP = typer.Option(None, "--lookup", help="propose up to N tokens copied from where the last few tokens occurred "
+                                             "earlier (edits of the input): the same output, faster")
+
+
 @app.callback()
 def _root() -> None:
     """Qwen dense models to fast, small, verified ONNX models for CPUs."""
@@ -181,11 +190,9 @@ def run_(
     max_length: Optional[int] = typer.Option(None, help="context length to allocate (default: the export's)"),
     truncate: bool = typer.Option(False, "--truncate", help="drop the oldest tokens of a prompt that is too long"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
-    draft: Optional[Path] = typer.Option(None, "--draft", help="a smaller model with the same tokenizer proposes tokens "
-                                         "that the model checks in one pass: the model's own output, faster"),
-    draft_tokens: int = typer.Option(8, help="most tokens the draft proposes a step (fewer when they are rejected)"),
-    lookup: Optional[int] = typer.Option(None, "--lookup", help="propose up to N tokens copied from where the last "
-                                         "few tokens occurred earlier (edits of the input): the same output, faster"),
+    draft: Optional[Path] = DRAFT,
+    draft_tokens: int = DRAFT_TOKENS,
+    lookup: Optional[int] = LOOKUP,
     json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="a JSON schema file: the output is JSON "
                                                "that matches it (constrained decoding)"),
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="a Lark grammar file the output must match"),
@@ -232,11 +239,9 @@ def bench_(
     provider: str = typer.Option("cpu", help="execution provider"),
     prefill_chunk: int = typer.Option(256, help="prompt tokens per forward pass"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
-    draft: Optional[Path] = typer.Option(None, "--draft", help="a smaller model with the same tokenizer proposes tokens "
-                                         "that the model checks in one pass: the model's own output, faster"),
-    draft_tokens: int = typer.Option(8, help="most tokens the draft proposes a step (fewer when they are rejected)"),
-    lookup: Optional[int] = typer.Option(None, "--lookup", help="propose up to N tokens copied from where the last "
-                                         "few tokens occurred earlier (edits of the input): the same output, faster"),
+    draft: Optional[Path] = DRAFT,
+    draft_tokens: int = DRAFT_TOKENS,
+    lookup: Optional[int] = LOOKUP,
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """Time to first token, prefill and decode tokens/s, peak RSS and size on disk."""
@@ -332,11 +337,9 @@ def serve_(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the files' sha256 against the manifest first"),
     shutdown_timeout: float = typer.Option(5.0, help="on SIGTERM/SIGINT/SIGHUP: seconds running requests get to finish "
                                                       "before they are cut (a second signal cuts at once)"),
-    draft: Optional[Path] = typer.Option(None, "--draft", help="a smaller model with the same tokenizer proposes tokens "
-                                         "that the model checks in one pass (every slot): the same output, faster"),
-    draft_tokens: int = typer.Option(8, help="most tokens the draft proposes a step"),
-    lookup: Optional[int] = typer.Option(None, "--lookup", help="propose up to N tokens copied from earlier in the "
-                                         "conversation: the same output, faster on edits of the input"),
+    draft: Optional[Path] = DRAFT,
+    draft_tokens: int = DRAFT_TOKENS,
+    lookup: Optional[int] = LOOKUP,
     as_json: bool = typer.Option(False, "--json", help="print {url, model} as one JSON line on stdout when listening"),
 ) -> None:
     """Serve the model over the OpenAI HTTP API (chat, completions, streaming) until stopped."""
