@@ -17,7 +17,6 @@ import numpy as np
 
 from ..errors import QwenEdgeError
 from .generate import Result, TextStream, check_max_new_tokens
-from .sampler import Sampler
 
 _SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
              "presence_penalty", "seed")
@@ -92,10 +91,9 @@ class Chat:
             self.last = stream.result
             self.messages = messages + [{"role": "assistant", "content": stream.result.text}]
 
-        return TextStream(self.runner, Sampler(params, constraint, top), self.model.tokenizer, max_new_tokens=max_new,
-                          stop_ids=self.model.stop_token_ids, stops=opts.get("stop"),
-                          ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done,
-                          proposer=self.model._proposer(self.runner.history.tolist(), max_new))
+        return self.model.generation(self.runner, params=params, constraint=constraint, top_logprobs=top,
+                                     max_new_tokens=max_new, stop=opts.get("stop"),
+                                     ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done)
 
     # ------------------------------------------------------------------ internals
     def _new_ids(self, text: str) -> tuple[int, list[int]]:

@@ -224,16 +224,27 @@ class Model:
         constraint = self.constraint(json_schema=json_schema, json_object=json_object, regex=regex,
                                      grammar=grammar)
         ids = self.fit(self.prompt_ids(prompt, tools), max_new_tokens, truncate)
-        proposer = self._proposer(ids, max_new_tokens)  # speculation composes with constraints and logprobs
         runner = self._acquire()
         try:
             runner.append(ids)
-            return TextStream(runner, Sampler(params, constraint, top), self.tokenizer, max_new_tokens=max_new_tokens,
-                              stop_ids=self.stop_token_ids, stops=stop, ignore_eos=ignore_eos, t0=t0,
-                              on_done=lambda s: self._release(s.runner), proposer=proposer)
+            return self.generation(runner, params=params, constraint=constraint, top_logprobs=top,
+                                   max_new_tokens=max_new_tokens, stop=stop, ignore_eos=ignore_eos, t0=t0,
+                                   on_done=lambda s: self._release(s.runner))
         except BaseException:
             self._release(runner)
             raise
+
+    def generation(self, runner: Runner, *, params: SamplingParams, constraint: Any = None,
+                   top_logprobs: int | None = None, max_new_tokens: int, stop: Sequence[str] | None = None,
+                   ignore_eos: bool = False, t0: float | None = None, on_done: Any = None,
+                   cancel: Any = None) -> TextStream:
+        """The one place a generation is assembled (Model.stream, Chat and the server's engine): the runner's
+        pending ids continued under these sampling parameters, constraint and log-probability count, with this
+        model's speculation (a draft or lookup) when it has one: every feature composes with it."""
+        proposer = self._proposer(runner.history.tolist(), max_new_tokens)
+        return TextStream(runner, Sampler(params, constraint, top_logprobs), self.tokenizer,
+                          max_new_tokens=max_new_tokens, stop_ids=self.stop_token_ids, stops=stop,
+                          ignore_eos=ignore_eos, t0=t0, on_done=on_done, cancel=cancel, proposer=proposer)
 
     def constraint(self, *, json_schema: Any = None, json_object: bool = False, regex: str | None = None,
                    grammar: str | None = None, spec: Any = None) -> Any:

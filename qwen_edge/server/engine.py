@@ -23,7 +23,7 @@ import numpy as np
 
 from ..runtimes.generate import TextStream
 from ..runtimes.kv import Runner
-from ..runtimes.sampler import Sampler, SamplingParams
+from ..runtimes.sampler import SamplingParams
 
 
 class Busy(Exception):
@@ -130,11 +130,10 @@ class Engine:
         t0 = time.perf_counter()
         runner, _ = self._runner_for(ids)
         try:
-            # a draft's runner is attached to this runner: it keeps the same conversation's prefix cached
-            proposer = self.model._proposer(list(ids), max_new_tokens)
-            return TextStream(runner, Sampler(params, constraint, top_logprobs), self.model.tokenizer,
-                              max_new_tokens=max_new_tokens, stop_ids=self.model.stop_token_ids, stops=stop, t0=t0,
-                              on_done=lambda s: self._give_back(s.runner), cancel=cancel, proposer=proposer)
+            # (a draft's runner is attached to this runner: it keeps the same conversation's prefix cached)
+            return self.model.generation(runner, params=params, constraint=constraint, top_logprobs=top_logprobs,
+                                         max_new_tokens=max_new_tokens, stop=stop, t0=t0, cancel=cancel,
+                                         on_done=lambda s: self._give_back(s.runner))
         except BaseException:
             self._give_back(runner)
             raise
