@@ -203,19 +203,10 @@ class Model:
         self._open()
         from .logprobs import check_top
         top = check_top(logprobs)
-        if tools is not None:
-            from .tools import call_grammar, check_tools, choice_names
-            tools = check_tools(tools)
-            names = choice_names(tools, tool_choice)
-            if names is not None:
-                if grammar is not None or json_schema is not None or regex is not None or json_object:
-                    raise QwenEdgeError("tool_choice 'required' or a named function cannot be combined with "
-                                        "another constraint")
-                grammar = call_grammar(tools, names, bool(parallel_tool_calls))
-            if tool_choice == "none":
-                tools = None
-        elif tool_choice not in (None, "none", "auto"):
-            raise QwenEdgeError("tool_choice needs tools")
+        from .tools import policy
+        constrained = grammar is not None or json_schema is not None or regex is not None or bool(json_object)
+        tools, call_grammar = policy(tools, tool_choice, parallel_tool_calls, constrained)
+        grammar = call_grammar or grammar
         t0 = time.perf_counter()
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         params = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

@@ -99,6 +99,26 @@ def check_tool_messages(messages: list) -> None:
                 raise QwenEdgeError(f"messages[{i}].tool_call_id {str(tid)[:60]!r} matches no earlier tool call{known}")
 
 
+def policy(tools: Any, tool_choice: Any, parallel: bool, constrained: bool,
+           other: str = "another constraint") -> tuple[list[dict] | None, str | None]:
+    """The one rule for a request's tools, used by the Python API and HTTP alike: (the tools the template
+    renders, or None; the Lark grammar the reply must match, or None). tool_choice "required" or a named
+    function constrains the reply to calls (and cannot be combined with `other`, a constraint the request
+    also asked for); "none" renders no tools; a tool_choice without tools is refused."""
+    if tools is None or tools == []:
+        if tool_choice not in (None, "none", "auto"):
+            raise QwenEdgeError("tool_choice needs tools")
+        return None, None
+    tools = check_tools(tools)
+    names = choice_names(tools, tool_choice)
+    grammar = None
+    if names is not None:
+        if constrained:
+            raise QwenEdgeError(f"tool_choice 'required' or a named function cannot be combined with {other}")
+        grammar = call_grammar(tools, names, bool(parallel))
+    return (None if tool_choice == "none" else tools), grammar
+
+
 def choice_names(tools: list[dict], choice: Any) -> list[str] | None:
     """The functions the reply must call (None: the model chooses, or calls none)."""
     names = [t["function"]["name"] for t in tools]

@@ -174,11 +174,16 @@ class Handler(BaseHTTPRequestHandler):
     def _job(self, req: P.Request, kind: str, prompt: Any) -> dict[str, Any]:
         """One prompt's generation, checked before the request takes a slot: its ids, token budget, sampling
         parameters and constraint (compiled and probed: constrained.py)."""
+        from ..runtimes.tools import policy
         model = self.server.engine.model
-        tools_on = req.tools is not None and req.tool_choice != "none"
         where = "messages" if kind == "chat" else "prompt"
+        try:  # the Python API's rule for tools (runtimes/tools.py), named for HTTP
+            tools, call_grammar = policy(req.tools, req.tool_choice, req.parallel_tool_calls,
+                                         req.constraint is not None, "response_format")
+        except QwenEdgeError as e:
+            raise P.ApiError(400, str(e), "tool_choice") from None
         try:
-            ids = model.prompt_ids(prompt, req.tools if tools_on else None)
+            ids = model.prompt_ids(prompt, tools)
         except QwenEdgeError as e:
             raise P.ApiError(400, str(e), where) from None
         room = model.max_length - len(ids)
@@ -190,15 +195,9 @@ class Handler(BaseHTTPRequestHandler):
         except QwenEdgeError as e:
             raise P.ApiError(400, str(e)) from None
         spec = req.constraint
-        if tools_on:
+        if call_grammar is not None:  # "required" or a named function: only valid calls can be written
             from ..runtimes.constrained import ConstraintSpec
-            from ..runtimes.tools import call_grammar, choice_names
-            names = choice_names(req.tools, req.tool_choice)
-            if names is not None:  # "required" or a named function: only valid calls can be written
-                if spec is not None:
-                    raise P.ApiError(400, "tool_choice 'required' or a named function cannot be combined with "
-                                          "response_format", "tool_choice")
-                spec = ConstraintSpec("grammar", call_grammar(req.tools, names, req.parallel_tool_calls))
+            spec = ConstraintSpec("grammar", call_grammar)
         constraint = None
         if spec is not None:
             try:
