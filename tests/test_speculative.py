@@ -112,11 +112,25 @@ def exact_triples(model: Model, prompt: list[int], params: SamplingParams) -> di
     return out
 
 
+def chi_square_p(exact: dict[tuple, float], counts: dict[tuple, int], n: int) -> float:
+    """The chi-square test's p-value of observed sequence counts against their exact probabilities (bins with
+    tiny expectations merged into one)."""
+    from scipy.stats import chisquare
+    keys = sorted(exact)
+    expected = np.array([exact[k] for k in keys]) * n
+    observed = np.array([counts.get(k, 0) for k in keys])
+    small = expected < 5
+    obs = np.append(observed[~small], observed[small].sum())
+    exp = np.append(expected[~small], expected[small].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    return float(chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
+
+
 @pytest.mark.parametrize("how", ["draft", "lookup"])
 def test_sampling_keeps_the_target_distribution(tinies, how):
     """Over many seeded runs the first three tokens' frequencies match the target's exact distribution
     (chi-square), with proposals that are often rejected (so the residual draws are exercised)."""
-    from scipy.stats import chisquare
     params = dict(temperature=1.0, top_k=3)
     target = load(tinies["a"])
     prompt = REPEATING[:20]
@@ -136,16 +150,7 @@ def test_sampling_keeps_the_target_distribution(tinies, how):
         accepted += r.timings.speculative["accepted"]
     assert set(counts) <= set(exact)
     assert proposed > n // 5 and 0 < accepted < proposed  # both the accept and the reject paths ran
-    keys = sorted(exact)
-    expected = np.array([exact[k] for k in keys]) * n
-    observed = np.array([counts.get(k, 0) for k in keys])
-    # bins with tiny expectations merged into one
-    small = expected < 5
-    obs = np.append(observed[~small], observed[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-3
+    assert chi_square_p(exact, counts, n) > 1e-3
 
 
 def test_rollback_leaves_the_cache_of_a_fresh_prefill(tinies):
@@ -283,7 +288,6 @@ def test_rejected_proposals_leave_the_constraint_where_the_kept_tokens_put_it(ti
 def test_constrained_sampling_keeps_the_target_distribution(tinies):
     """The speculative sampling rule under a constraint: the first three tokens' frequencies match the
     target's exact masked distribution (chi-square), with a draft whose proposals the grammar often refuses."""
-    from scipy.stats import chisquare
     params = dict(temperature=1.0, top_k=3)
     grammar = dict(regex="[a-z ]{40,60}")  # three tokens never finish it: every step is masked
     target = load(tinies["a"])
@@ -315,15 +319,7 @@ def test_constrained_sampling_keeps_the_target_distribution(tinies):
         accepted += g.timings.speculative["accepted"]
     assert set(counts) <= set(exact)
     assert 0 < accepted < proposed
-    keys = sorted(exact)
-    expected = np.array([exact[k] for k in keys]) * n
-    observed = np.array([counts.get(k, 0) for k in keys])
-    small = expected < 5
-    obs = np.append(observed[~small], observed[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    assert chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-3
+    assert chi_square_p(exact, counts, n) > 1e-3
 
 
 def test_tool_calls_speculate_too(tmp_path):
