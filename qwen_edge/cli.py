@@ -270,7 +270,9 @@ def quantize_(
     damp: float = typer.Option(0.01, help="GPTQ: damping, a fraction of the mean Hessian diagonal"),
     refit: bool = typer.Option(True, "--refit/--no-refit", help="GPTQ: refit group scales by least squares under the Hessian"),
     float_target: bool = typer.Option(False, "--float-target/--no-float-target", help="GPTQ: fit the float model's outputs from the quantized model's inputs (corrects upstream error)"),
-    calibration: str = typer.Option("enwiki", help="'enwiki' or a UTF-8 text file"),
+    calibration: list[str] = typer.Option(["mix"], help="mix (default: enwiki prose + Python source, half each), "
+                                          "enwiki, python, or your own UTF-8 file or folder; repeat to mix several "
+                                          "(equal shares)"),
     samples: int = typer.Option(32, help="calibration samples (32 x 512 = 16k tokens: full-rank Hessians for the 0.5B-7B shapes' 4864-18944 inputs need up to 19k)"),
     seq_len: int = typer.Option(512, help="tokens per calibration sample"),
     sensitivity_samples: int = typer.Option(16, help="calibration windows for the per-tensor sensitivity (with a target)"),

@@ -306,16 +306,48 @@ def test_target_size_meets_the_budget_and_mixes_formats(planned):
     assert len(counts) >= 2, counts  # a budget between the extremes gives a mixed plan
 
 
-def test_plan_is_deterministic_and_a_saved_recipe_replays(planned):
+def test_plan_is_deterministic_and_a_saved_recipe_replays(planned, monkeypatch, tmp_path):
     from qwen_edge.quantize.api import quantize
     root, _, kw, m = planned
     source = str(Path(kw["calibration"]).parent)
+    monkeypatch.setenv("QWEN_EDGE_CACHE", str(tmp_path / "empty-cache"))  # the sensitivity measured again
     m2 = quantize(source, root / "b", **kw)
+    assert m2["quantization"]["plan"]["how"]["sensitivity"]["reused"] is False
     assert m2["quantization"]["plan"]["linears"] == m["quantization"]["plan"]["linears"]
     assert _tree_hash(root / "b") == _tree_hash(root / "a")
     replay = {k: v for k, v in kw.items() if k not in ("target_size", "target_speed", "sensitivity_samples")}
     quantize(source, root / "c", recipe=root / "a" / "recipe.json", **replay)
     assert _tree_hash(root / "c") == _tree_hash(root / "a")
+
+
+def test_a_second_run_reuses_the_sensitivity_and_other_windows_do_not(planned, monkeypatch, tmp_path):
+    """Issue 30 (time to quantize): the sensitivity, the slow half of an allocation, is kept per source,
+    windows and candidate formats; the same command again reads it back without a forward pass and gives the
+    same file, while other windows (another seed) or a damaged cache file measure it again."""
+    import qwen_edge.quantize.sensitivity as S
+    from qwen_edge.quantize.api import quantize
+    root, budget, kw, m = planned
+    source = str(Path(kw["calibration"]).parent)
+    monkeypatch.setenv("QWEN_EDGE_CACHE", str(tmp_path / "cache"))
+    first = quantize(source, tmp_path / "first", **kw)
+    assert first["quantization"]["plan"]["how"]["sensitivity"]["reused"] is False
+    saved = list((tmp_path / "cache" / "sensitivity").glob("*.json"))
+    assert len(saved) == 1
+    measure = S.predicted_kl_by_layer
+
+    def refuse(*a, **k):
+        raise AssertionError("measured again")
+    monkeypatch.setattr(S, "predicted_kl_by_layer", refuse)
+    again = quantize(source, tmp_path / "again", **kw)
+    assert again["quantization"]["plan"]["how"]["sensitivity"]["reused"] is True
+    assert _tree_hash(tmp_path / "again") == _tree_hash(tmp_path / "first") == _tree_hash(root / "a")
+    with pytest.raises(AssertionError, match="measured again"):
+        quantize(source, tmp_path / "seed", **{**kw, "seed": 8})
+    monkeypatch.setattr(S, "predicted_kl_by_layer", measure)
+    saved[0].write_text('{"key": ')  # cut short: measured again, never trusted
+    damaged = quantize(source, tmp_path / "damaged", **kw)
+    assert damaged["quantization"]["plan"]["how"]["sensitivity"]["reused"] is False
+    assert _tree_hash(tmp_path / "damaged") == _tree_hash(root / "a")
 
 
 @pytest.mark.parametrize("goal,msg", [(dict(target_size="100KB"), "below the smallest plan"),

@@ -1,28 +1,18 @@
-"""Evaluation text: a text file, a folder of text files, `enwiki` (offline, pinned) or `wikitext2` (online)."""
+"""Evaluation text: a file, a folder of text or source files, `enwiki` (prose), `python` (code; both offline,
+held out from calibration) or `wikitext2` (online)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from ..data.texts import BUILTIN, path_text
 from ..errors import QwenEdgeError
-
-TEXT_SUFFIXES = (".txt", ".md")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    name: str  # what the user gave: enwiki, wikitext2 or a path
+    name: str  # what the user gave: enwiki, python, wikitext2 or a path
     text: str
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise QwenEdgeError(f"{path} is not UTF-8 text") from None
-    except OSError as e:
-        raise QwenEdgeError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def _wikitext2() -> str:
@@ -42,24 +32,16 @@ def _wikitext2() -> str:
 
 def load_dataset(spec: str) -> Dataset:
     """The text named by `spec`; an empty text or an unknown name is a QwenEdgeError."""
-    if spec == "enwiki":
-        from ..data.enwiki import enwiki_text
-        text = enwiki_text(split="evaluation")  # quantize calibrates on the other articles
+    if spec in BUILTIN:
+        from ..data.texts import builtin_text
+        text = builtin_text(spec, "evaluation")  # quantize calibrates on the other articles / modules
     elif spec == "wikitext2":
         text = _wikitext2()
     else:
-        p = Path(spec)
-        if p.is_file():
-            text = _read(p)
-        elif p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
-            if not files:
-                raise QwenEdgeError(f"dataset folder {p} has no {' or '.join(TEXT_SUFFIXES)} files")
-            text = "\n\n".join(_read(f) for f in files)
-        else:
-            raise QwenEdgeError(f"dataset '{spec}' not found: give enwiki, wikitext2, a text file or a folder "
-                                "of text files")
+        text = path_text(spec, "dataset")
+        if text is None:
+            raise QwenEdgeError(f"dataset '{spec}' not found: give enwiki, python, wikitext2, a text file or a "
+                                "folder of text files")
     if not text.strip():
         raise QwenEdgeError(f"dataset {spec} is empty")
     return Dataset(spec, text)

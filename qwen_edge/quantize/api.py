@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def parse_token_bits(value: str | int | None, what: str) -> int | None:
     return TOKEN_BITS[key]
 
 
-def validate(method: str, bits: int, group_size: int, calibration: str, damp: float, samples: int = 1,
+def validate(method: str, bits: int, group_size: int, calibration: str | Sequence[str], damp: float, samples: int = 1,
              seq_len: int = 2) -> None:
     if method not in METHODS:
         raise InputError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
@@ -54,14 +54,15 @@ def validate(method: str, bits: int, group_size: int, calibration: str, damp: fl
         raise InputError(f"--damp {damp} is outside (0, 1)")
     if samples < 1 or seq_len < 2:
         raise InputError("--samples must be >= 1 and --seq-len >= 2")
-    if method != "rtn" and calibration != "enwiki" and not Path(calibration).is_file():
-        raise InputError(f"calibration must be 'enwiki' or a text file; no such file: {calibration}")
+    if method != "rtn":
+        from .calibration_text import sources
+        sources(calibration)
 
 
 def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 4, group_size: int = 32,
              sym: bool = False, act_order: bool = False, damp: float = 0.01, refit: bool = True,
              float_target: bool = False,
-             calibration: str = "enwiki", samples: int = 32, seq_len: int = 512, seed: int = 0,
+             calibration: str | Sequence[str] = "mix", samples: int = 32, seq_len: int = 512, seed: int = 0,
              embed_bits: str | int = 8, head_bits: str | int = 8, token_group_size: int | None = None,
              accuracy_level: int = 4, max_length: int | None = None, int8_layers: str | None = None,
              tie_embeddings: str | None = None, target_size: str | int | None = None, bpw: float | None = None,
@@ -209,15 +210,15 @@ def _fmt_json(f) -> dict | None:
 
 
 def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: bool, act_order: bool,
-                   damp: float, refit: bool, float_target: bool, calibration: str, samples: int, seq_len: int, seed: int,
-                   accuracy_level: int, max_length, force: bool, progress: bool, save_checkpoint,
+                   damp: float, refit: bool, float_target: bool, calibration: str | Sequence[str], samples: int,
+                   seq_len: int, seed: int, accuracy_level: int, max_length, force: bool, progress: bool, save_checkpoint,
                    ort_format: bool = False) -> dict:
     from ..export.nbits import QuantTokens, nbits_linear
     from ..export.writer import write_artifact
     from ..pack import rtn
     from . import recipe as R
     from .layer_by_layer import Options, calibrate, rtn_linears
-    from .calibration_text import calibration_tokens, sample_windows
+    from .calibration_text import calibration_windows, label
     spec, weights = src.spec, src.weights
     tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), plan.embedding, plan.lm_head, accuracy_level,
                          head_weight=lambda: src.weights.get("lm_head.weight"))
@@ -232,13 +233,12 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
                 linears[name] = p
             return p
     else:
-        ids = calibration_tokens(calibration, src.write_tokenizer)
         if samples * seq_len < max(spec.intermediate_size, spec.hidden_size):
             import sys
             print(f"warning: {samples} x {seq_len} = {samples * seq_len} calibration tokens is fewer than "
                   f"down_proj's {spec.intermediate_size} inputs: its Hessian is rank-deficient and damping "
                   "decides; use --samples / --seq-len for at least that many", file=sys.stderr)
-        windows = sample_windows(ids, samples, seq_len, seed)
+        windows = calibration_windows(calibration, src.write_tokenizer, samples, seq_len, seed)
         embed_dq, calib_ids = None, windows
         if plan.embedding is not None:  # the rows the windows use, as the graph will see them (quantized)
             f = plan.embedding
@@ -264,7 +264,7 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
 
         def lookup(name: str, w: np.ndarray):
             return linears[name]
-        info.update(calibration=calibration, samples=samples, seq_len=seq_len, seed=seed)
+        info.update(calibration=label(calibration), samples=samples, seq_len=seq_len, seed=seed)
         if method == "gptq":
             info.update(act_order=act_order, damp=damp, refit=refit, true_sequential=True, float_target=float_target)
         info["calibration_seconds"] = round(result.seconds, 1)

@@ -4,9 +4,13 @@ speed budget from the measured cost of every format on this CPU (format_costs.py
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import InputError
 from .recipe import Format, Plan, human_size
@@ -104,11 +108,42 @@ def fixed_bytes(src, max_length: int) -> int:
     return tok + 4 * floats + 4096 * tensors + (1 << 20)  # + 1 MiB: graph, manifest, recipe, configs
 
 
-def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, seed: int, max_length,
+def cached_sensitivity(src, windows: np.ndarray, cand: dict, seed: int, compute) -> tuple[dict, str | None]:
+    """The per-tensor predicted KL, computed once per source, windows and candidate formats: it is the slow
+    half of an allocation (about 40 minutes for the 1.5B on 2 cores) and a second `--target-size` or
+    `--target-kl` of the same model only changes the allocation. Kept under the cache folder as JSON; returns
+    (prediction, the file it was read from or None)."""
+    import json
+
+    from .. import __version__
+    from ..cache import cache_dir
+    from .resume import _write_atomic, fingerprint, source_identity
+    from .sensitivity import METHOD_VERSION
+    key = fingerprint({"version": __version__, "method": METHOD_VERSION, "sources": source_identity(src.paths),
+                       "spec": repr(src.spec), "seed": seed,
+                       "windows": hashlib.sha256(np.ascontiguousarray(windows).tobytes()).hexdigest(),
+                       "formats": {k: [str(f) for f in v] for k, v in sorted(cand.items())}})
+    path = cache_dir() / "sensitivity" / f"{key[:24]}.json"
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key and set(saved["predicted_kl"]) == set(cand):
+            return saved["predicted_kl"], str(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    pred = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, lambda tmp: tmp.write_text(json.dumps({"key": key, "predicted_kl": pred})))
+    except OSError:
+        pass  # only saves time next run
+    return pred, None
+
+
+def allocated_plan(src, budget, calibration, n_windows: int, seq_len: int, seed: int, max_length,
                    progress: bool, speed: tuple[str, float] | None = ("x", 1.0),
                    threads: int = 0) -> tuple[Plan, dict[str, Any]]:
     from . import allocate as A
-    from .calibration_text import calibration_tokens, sample_windows
+    from .calibration_text import calibration_windows
     from .format_costs import costs_for, kind_of, kinds_of
     from .recipe import linear_shapes, table_bytes
     from .sensitivity import predicted_kl_by_layer
@@ -168,9 +203,11 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
         A.for_budgets(sizes, max_bytes=weights_budget if weights_budget is not None else float("inf"),
                       max_seconds=max_seconds)  # refuses an impossible pair before the slow part
     t0 = time.perf_counter()
-    ids = calibration_tokens(calibration, src.write_tokenizer)
-    windows = sample_windows(ids, n_windows, seq_len, seed + 1)  # not the GPTQ windows (seed)
-    pred = predicted_kl_by_layer(spec, src.weights, windows, cand, seed=seed, progress=progress, threads=threads)
+    windows = calibration_windows(calibration, src.write_tokenizer, n_windows, seq_len, seed + 1)  # not GPTQ's
+    pred, reused = cached_sensitivity(src, windows, cand, seed, lambda: predicted_kl_by_layer(
+        spec, src.weights, windows, cand, seed=seed, progress=progress, threads=threads))
+    if reused and progress:
+        print(f"sensitivity: reused {reused} (same source, windows and formats)", file=sys.stderr, flush=True)
     options = options_from(pred)
     if costs is None:
         chosen = A.for_kl(options, value) if kind == "kl" else A.for_budget(options, weights_budget)
@@ -185,5 +222,6 @@ def allocated_plan(src, budget, calibration: str, n_windows: int, seq_len: int, 
     info = {"kind": {"size": "target-size", "bpw": "bpw", "kl": "target-kl"}[kind], "goal": value,
             "predicted_kl_rtn": round(kl, 6), "weight_bytes": nbytes, "fixed_bytes_max": fixed, "speed": speed_info,
             "sensitivity": {"windows": n_windows, "seq_len": seq_len, "seconds": round(time.perf_counter() - t0, 1),
+                            "reused": bool(reused),
                             "predicted_kl": {k: {f: round(v, 7) for f, v in d.items()} for k, d in pred.items()}}}
     return plan, info

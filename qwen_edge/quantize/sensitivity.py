@@ -97,6 +97,7 @@ def predict(fish: dict[str, torch.Tensor], count: int, tokens: int, weights: Any
             for key, fmts in formats.items()}
 
 
+METHOD_VERSION = 1  # bump when the numbers this module computes change: cached sensitivities are keyed on it
 ROWS = 8192  # rows of a table per RTN pass: blocks run along a row, so row chunks give the same errors
 
 
