@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QwenEdgeError
+from .context import too_long
 from .generate import Result, TextStream, check_max_new_tokens
 
 _SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
@@ -121,9 +122,8 @@ class Chat:
                 return messages, keep, new
             first = 1 if messages and messages[0]["role"] == "system" else 0
             if not truncate or len(messages) - first <= 1:
-                raise QwenEdgeError(f"the conversation is {n} tokens but the context holds {limit} and one position "
-                                    "must stay free for the reply; start a new "
-                                    "chat or drop the oldest turns (truncate=True, --truncate)")
+                raise too_long(n, limit, "conversation",
+                               "start a new chat or drop the oldest turns (truncate=True, --truncate)")
             del messages[first]  # the oldest turn: a user message and what answered it
             while len(messages) - first > 1 and messages[first]["role"] != "user":
                 del messages[first]

@@ -300,9 +300,9 @@ class Model:
         if len(ids) < self.max_length:
             return ids
         if not truncate:
-            raise QwenEdgeError(f"the prompt is {len(ids)} tokens but the context holds {self.max_length} and one "
-                                "position must stay free for the reply; "
-                                "shorten it or truncate it from the left (truncate=True, --truncate)")
+            from .context import check_context
+            check_context(len(ids), self.max_length, "prompt",
+                          "shorten it or truncate it from the left (truncate=True, --truncate)")
         keep = max(self.max_length - max_new_tokens, self.max_length // 2)
         return ids[-keep:]
 

@@ -175,6 +175,7 @@ class Handler(Replies, BaseHTTPRequestHandler):
     def _job(self, req: P.Request, kind: str, prompt: Any) -> dict[str, Any]:
         """One prompt's generation, checked before the request takes a slot: its ids, token budget, sampling
         parameters and constraint (compiled and probed: constrained.py)."""
+        from ..runtimes.context import ContextLengthError, check_context
         from ..runtimes.tools import policy
         model = self.server.engine.model
         where = "messages" if kind == "chat" else "prompt"
@@ -187,10 +188,11 @@ class Handler(Replies, BaseHTTPRequestHandler):
             ids = model.prompt_ids(prompt, tools)
         except QwenEdgeError as e:
             raise P.ApiError(400, str(e), where) from None
+        try:
+            check_context(len(ids), model.max_length)
+        except ContextLengthError as e:
+            raise P.ApiError(400, str(e), where, "context_length_exceeded") from None
         room = model.max_length - len(ids)
-        if room < 1:
-            raise P.ApiError(400, f"the prompt is {len(ids)} tokens but the context holds {model.max_length} "
-                             "(one position must stay free for the reply)", where, "context_length_exceeded")
         try:
             params = model.sampling(**req.sampling)  # the artifact's defaults, then the request's values
         except QwenEdgeError as e:
