@@ -3,7 +3,7 @@ which JSON-schema features each compiles (docs/runtime.md). Needs `pip install l
 and the bench's int4 folder (its tokenizer.json): python scripts/compare_grammar_libs.py"""
 import json, sys, time, statistics
 import numpy as np
-sys.path.insert(0, "/work/main/tests")
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tests"))
 from test_constrained import SCHEMA
 from pathlib import Path
 folder = Path.home() / ".cache/qwen-edge/bench/quant/speed-410MiB"
