@@ -31,17 +31,15 @@ CONFIG = {  # Qwen2.5-7B-Instruct's config.json (transformers 4.x layout, as on 
 
 
 def tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from shaped_models import tensor_shapes  # one list of Qwen2 tensor shapes, shared with the tests
+    from qwen_edge.shapes import tensor_shapes  # one list of Qwen2 tensor shapes, shared with the tests
     return tensor_shapes(c)
 
 
 def config_for(size: str) -> dict:
-    """Qwen2.5-{1.5B,3B,7B}-Instruct's config (tests/shaped_models.CONFIGS holds what differs)."""
+    """Qwen2.5-{1.5B,3B,7B}-Instruct's config (qwen_edge/shapes.CONFIGS holds what differs)."""
     if size == "7b":
         return dict(CONFIG)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from shaped_models import CONFIGS
+    from qwen_edge.shapes import CONFIGS
     return {**CONFIG, **CONFIGS[size], "max_window_layers": CONFIGS[size]["num_hidden_layers"]}
 
 

@@ -1,5 +1,5 @@
 """The JavaScript package's own tests (js/test, node --test), run from here so the one test command covers
-them: golden outputs come from the Python runtime (scripts/js_fixtures.py and the real int4 0.5B), the
+them: golden outputs come from the Python runtime (tests/js_fixtures.py and the real int4 0.5B), the
 browser suite drives headless Chromium, and the Electron example is type-checked (Electron cannot run on
 this machine's Node 20). js/node_modules must exist: scripts/test.sh installs it (npm ci)."""
 
@@ -26,7 +26,7 @@ def _need_node():
 @pytest.fixture(scope="session")
 def fixtures(tmp_path_factory):
     out = tmp_path_factory.mktemp("jsfix")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "js_fixtures.py"), str(out)], check=True,
+    subprocess.run([sys.executable, str(ROOT / "tests" / "js_fixtures.py"), str(out)], check=True,
                    capture_output=True)
     return out
 

@@ -7,12 +7,12 @@ import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const fix = process.env.QWEN_EDGE_JS_FIXTURES || path.join(here, "..", "test", ".fixtures");
-// The fixtures' version is FIXTURES_VERSION in scripts/js_fixtures.py: older fixtures are rebuilt.
-const script = path.join(here, "..", "..", "scripts", "js_fixtures.py");
+// The fixtures' version is FIXTURES_VERSION in tests/js_fixtures.py: older fixtures are rebuilt.
+const script = path.join(here, "..", "..", "tests", "js_fixtures.py");
 const want = (/^FIXTURES_VERSION = (\d+)/m.exec(fs.readFileSync(script, "utf8")) || [])[1];
 const have = fs.existsSync(path.join(fix, "VERSION")) ? fs.readFileSync(path.join(fix, "VERSION"), "utf8").trim() : "";
 if (!fs.existsSync(path.join(fix, "golden.json")) || have !== want) {
-  console.error(`building the golden fixtures in ${fix} (python scripts/js_fixtures.py) ...`);
+  console.error(`building the golden fixtures in ${fix} (python tests/js_fixtures.py) ...`);
   const python = process.env.PYTHON || "python3";
   const r = spawnSync(python, [script, fix], { stdio: "inherit" });
   if (r.status !== 0) {

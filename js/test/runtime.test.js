@@ -1,4 +1,4 @@
-// The JavaScript runtime against the Python runtime's golden outputs (scripts/js_fixtures.py), on tiny Qwen2
+// The JavaScript runtime against the Python runtime's golden outputs (tests/js_fixtures.py), on tiny Qwen2
 // and Qwen3 artifacts (fp32 and int4), and the real int4 0.5B when QWEN_EDGE_REAL_INT4 names it.
 import assert from "node:assert/strict";
 import fs from "node:fs";

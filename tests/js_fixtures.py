@@ -2,7 +2,7 @@
 golden outputs the Python runtime gives on them (greedy tokens, streamed pieces, chat template renders,
 a two-turn chat), so `node --test` checks the JavaScript runtime against Python's.
 
-    python scripts/js_fixtures.py js/test/.fixtures          # what `npm test` runs first (if missing)
+    python tests/js_fixtures.py js/test/.fixtures          # what `npm test` runs first (if missing)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TURNS = ["Hello there", "def main", "the lazy dog"]
 
 
 def build(out: Path) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from tiny_models import make_tiny
 
     from qwen_edge import Model
