@@ -17,6 +17,8 @@ import resource
 import sys
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import die  # noqa: E402
 
 
 def plan_of(pred: dict, how: dict, spec) -> dict[str, str]:
@@ -34,12 +36,6 @@ def plan_of(pred: dict, how: dict, spec) -> dict[str, str]:
     chosen = A.for_budgets(opts, max_bytes=how["goal"] - how["fixed_bytes_max"],
                            max_seconds=1 / tps - costs.step_s if tps else float("inf"))
     return {k: o.fmt for k, o in chosen.items()}
-
-
-def die(msg: str) -> None:
-    """One error line and exit code 2 (bad input), as the CLI does."""
-    print(msg, file=sys.stderr)
-    sys.exit(2)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import die  # noqa: E402
 
 CODE = '''def summarize(orders, customers, since=None, currency="EUR"):
     totals = {}
@@ -108,12 +110,6 @@ def llama_lookup(gguf: Path, bin_dir: Path, runs: int, new_tokens: int, tokenize
             speeds.append(float(sp.group(3)))
         out.append({"tps": statistics.median(speeds), "accept": float(acc.group(1)) / 100 if acc else None})
     return {"tps": statistics.median(o["tps"] for o in out), "prompts": out}
-
-
-def die(msg: str) -> None:
-    """One error line and exit code 2 (bad input), as the CLI does."""
-    print(msg, file=sys.stderr)
-    sys.exit(2)
 
 
 def main() -> None:

@@ -1,10 +1,23 @@
 """llguidance vs xgrammar vs outlines-core on Qwen2.5's tokenizer: setup, compile time, mask time per token, and
 which JSON-schema features each compiles (docs/runtime.md). Needs `pip install llguidance xgrammar outlines-core`
-and the bench's int4 folder (its tokenizer.json): python scripts/compare_grammar_libs.py"""
+and the bench's int4 folder (its tokenizer.json): python scripts/investigations/compare_grammar_libs.py"""
 import json, sys, time, statistics
 import numpy as np
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tests"))
-from test_constrained import SCHEMA
+SCHEMA = {  # tests/test_constrained.py's schema when this was measured (frozen with the figures it produced)
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 6},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "score": {"type": "number", "minimum": -1, "maximum": 1},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 3},
+        "address": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 5},
+                                                      "zip": {"type": "integer"}},
+                    "required": ["city"], "additionalProperties": False},
+    },
+    "required": ["name", "age", "role", "address"],
+    "additionalProperties": False,
+}
 from pathlib import Path
 folder = Path.home() / ".cache/qwen-edge/bench/quant/speed-410MiB"
 tok_json = (folder / "tokenizer.json").read_text()

@@ -1,6 +1,6 @@
 """Is the Fisher proxy (qwen_edge/quantize/sensitivity.py) a good stand-in for real KL? On the real 0.5B.
 
-    python scripts/validate_sensitivity.py [--windows 16] [--held-out 4] [--format int4g128]
+    python scripts/investigations/validate_sensitivity.py [--windows 16] [--held-out 4] [--format int4g128]
 
 Predicts, for a spread of tensors (each kind of linear in early, middle and late layers, and the tied
 table), the KL of quantizing that tensor alone with RTN in --format; then measures it: the fp32 torch

@@ -9,7 +9,7 @@ positions ran with it. This measures, on onnxruntime's CPU provider:
    inputs were equal is the source; the growth after it is amplification);
 3. whole models: logits of plain decoding (prefill then one token a step) against runs of 5 positions.
 
-    python scripts/batch_invariance.py ~/.cache/qwen-edge/bench/quant/{fp32,rtn-int4g32,speed-410MiB}
+    python scripts/investigations/batch_invariance.py ~/.cache/qwen-edge/bench/quant/{fp32,rtn-int4g32,speed-410MiB}
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where Node's decode step loses time against Python's, on one artifact, rounds alternated.
 
-    python scripts/bench_node_gap.py ~/.cache/qwen-edge/bench/quant/speed-410MiB --rounds 4 [--json]
+    python scripts/investigations/bench_node_gap.py ~/.cache/qwen-edge/bench/quant/speed-410MiB --rounds 4 [--json]
 
 Per round, each a fresh process, 512 prompt tokens then 128 greedy decode steps, 2 threads, ms per step:
   python-inplace  onnxruntime (Python) on the exported graph, the KV cache bound in place (IO binding):
@@ -25,8 +25,10 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchlib import die  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JS = ROOT / "js"
 PROMPT, STEPS, CHUNK = 512, 128, 256
 
@@ -149,12 +151,6 @@ def run(cmd: list[str]) -> dict:
     if p.returncode != 0:
         die(f"error: {' '.join(cmd[:3])} failed: {p.stderr.strip().splitlines()[-1:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def die(msg: str) -> None:
-    """One error line and exit code 2 (bad input), as the CLI does."""
-    print(msg, file=sys.stderr)
-    sys.exit(2)
 
 
 def main() -> None:
