@@ -242,15 +242,28 @@ def bench_(
     draft: Optional[Path] = DRAFT,
     draft_tokens: int = DRAFT_TOKENS,
     lookup: Optional[int] = LOOKUP,
+    predicted: bool = typer.Option(False, "--predicted", help="also the decode speed predicted from this CPU's measured format costs (what quantize --target-speed plans with; the first use measures them: minutes)"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """Time to first token, prefill and decode tokens/s, peak RSS and size on disk."""
     from .runtimes.bench import bench, summary_lines
+    pred = None
+    if predicted:  # before the timed runs: refused without a plan, and never beside them
+        from .quantize.format_costs import predicted_decode
+        pred = predicted_decode(model, threads=threads, progress=not as_json)
     r = bench(model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup,
               threads=threads, provider=provider, prefill_chunk=prefill_chunk, verify=verify,
               draft=draft, draft_tokens=draft_tokens, lookup=lookup,
               progress=lambda i, n: print(f"\rrun {i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True))
-    _emit(r, as_json, summary_lines(r))
+    lines = summary_lines(r)
+    if pred is not None:
+        pred["measured_over_predicted"] = round(r["decode_tps"] / pred["decode_tps"], 3)
+        r["predicted"] = pred
+        lines.append(f"predicted decode: {pred['decode_tps']:.1f} tok/s (format costs measured on this CPU, "
+                     f"{pred['context']}-token context: linears and head {pred['linears_and_head_ms']:.2f} ms + the "
+                     f"rest of a step {pred['step_ms']:.2f} ms); measured / predicted = "
+                     f"{pred['measured_over_predicted']:.2f}")
+    _emit(r, as_json, lines)
 
 
 @app.command("quantize")

@@ -169,3 +169,29 @@ def test_formats_are_timed_one_session_at_a_time(monkeypatch):
     out = FC.time_formats(64, 64, fmts, 1, threads=1, passes=2, cold_bytes=1 << 16)
     assert len(out) == len(fmts) and all(v > 0 for v in out) and made == fmts
     assert most[0] == 1  # co-resident sessions slow each other: never two at once
+
+
+def test_bench_predicted_sets_the_cost_model_beside_the_measured_speed(tmp_path, isolated_cache):
+    """`qwen-edge bench --predicted`: the decode speed the cost table predicts for the artifact's plan (what
+    --target-speed plans with) next to the measured one; a folder without a plan is refused before timing."""
+    import subprocess
+    import sys
+    from qwen_edge.export.writer import export
+    from qwen_edge.quantize.api import quantize
+    from tiny_models import make_tiny
+    _, hf = make_tiny(tmp_path / "hf")
+    export(str(hf), tmp_path / "fp32", progress=False, max_length=64)
+    quantize(str(hf), tmp_path / "int4", method="rtn", bits=4, max_length=64, progress=False)
+    bench = [sys.executable, "-m", "qwen_edge.cli", "bench", "--prompt-tokens", "16", "--new-tokens", "8",
+             "--runs", "1", "--threads", "1", "--predicted", "--json"]
+    env = {**__import__("os").environ, "QWEN_EDGE_CACHE": str(isolated_cache)}
+    r = subprocess.run(bench + [str(tmp_path / "int4")], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    p = out["predicted"]
+    assert p["decode_tps"] > 0 and p["step_ms"] > 0 and p["linears_and_head_ms"] > 0
+    assert p["measured_over_predicted"] == pytest.approx(out["decode_tps"] / p["decode_tps"], rel=1e-2)
+    assert list((isolated_cache / "format-costs").glob("*.json"))  # measured once, kept
+    r = subprocess.run(bench + [str(tmp_path / "fp32")], capture_output=True, text=True, env=env, timeout=600)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "needs a quantized artifact" in lines[0], r.stderr

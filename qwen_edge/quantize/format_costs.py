@@ -20,7 +20,8 @@ by memory). So every candidate format is timed here, once per (onnxruntime versi
 
 The head is timed at M=1 in both columns: the runtime computes only the last position's logits.
 The table is a JSON file under the cache (`format-costs/`); the allocation reads it (plan.py), and
-scripts/bench_speed_model.py sets its predictions beside measured decode.
+`qwen-edge bench --predicted` (predicted_decode) and scripts/bench_speed_model.py set its predictions
+beside measured decode.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from ..cache import cache_dir
+from ..errors import InputError
 from ..ort_options import session_options
-from ..spec import LINEARS
+from ..spec import LINEARS, ModelSpec
 from .recipe import Format, linear_shapes
 
 SCHEMA = 5  # 2: distinct copies (identical ones were shared); 3-4: round-robin (wrong, see above); 5: one at a time
@@ -229,6 +231,30 @@ def costs_for(shapes: dict[str, tuple[int, int]], *, spec: Any = None, threads: 
     except OSError:
         pass  # an unwritable cache only means measuring again next time
     return table
+
+
+def predicted_decode(folder: Path, *, threads: int = 0, progress: bool = True) -> dict[str, Any]:
+    """The decode speed this machine's cost table predicts for a quantized artifact (its recipe.json: a
+    format per tensor), the figure `quantize --target-speed` plans with; `qwen-edge bench --predicted` sets
+    it beside the measured one. Refuses a folder without a plan before any timing."""
+    folder = Path(folder)
+    try:
+        r = json.loads((folder / "recipe.json").read_text(encoding="utf-8"))
+        plan = {**r["linears"], **r["tables"]}
+        spec = ModelSpec.from_dict(json.loads((folder / "qwen_edge.json").read_text(encoding="utf-8"))["model"])
+    except FileNotFoundError:
+        raise InputError(f"--predicted needs a quantized artifact (its recipe.json: a format per tensor); "
+                         f"{folder} has none") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"cannot read the plan of {folder}: {e}") from None
+    costs = costs_for(kinds_of(spec), spec=spec, threads=threads, progress=progress)
+    try:
+        seconds = costs.decode_seconds(plan)
+    except KeyError as e:
+        raise InputError(f"{folder}'s plan has a format the cost table does not time: {e}") from None
+    return {"decode_tps": round(1 / seconds, 2), "step_ms": round(costs.step_s * 1e3, 3),
+            "linears_and_head_ms": round((seconds - costs.step_s) * 1e3, 3), "context": STEP_CONTEXT,
+            "cost_table": costs.machine}
 
 
 # --- the rest of a decode step ----------------------------------------------------------------------------
