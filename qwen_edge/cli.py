@@ -305,14 +305,14 @@ def quantize_(
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Quantize a model to int4 / int8 (RTN, GPTQ or AWQ) into MatMulNBits ONNX, to a size or accuracy target."""
-    from .quantize.api import quantize
-    m = quantize(source, output, method=method, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
+    from .quantize.api import QuantizeConfig, run
+    m = run(QuantizeConfig(source, output, method=method, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
                  damp=damp, refit=refit, float_target=float_target, calibration=calibration, samples=samples, seq_len=seq_len, seed=seed,
                  embed_bits=embed_bits, head_bits=head_bits, token_group_size=token_group_size,
                  accuracy_level=accuracy_level, max_length=max_length, int8_layers=int8_layers,
                  tie_embeddings=tie_embeddings, target_size=target_size, bpw=bpw, target_kl=target_kl,
                  target_speed=target_speed, recipe=recipe, sensitivity_samples=sensitivity_samples, save_checkpoint=save_checkpoint, ort_format=ort,
-                 force=force, revision=revision, progress=progress)
+                 force=force, revision=revision, progress=progress))
     q = m["quantization"]
     size = sum((output / n).stat().st_size for n in m["files"]) + (output / "qwen_edge.json").stat().st_size
     summary = {"output": str(output), "method": q["method"], "bits": q["bits"], "group_size": q["group_size"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,18 +60,55 @@ def validate(method: str, bits: int, group_size: int, calibration: str | Sequenc
         sources(calibration)
 
 
-def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 4, group_size: int = 32,
-             sym: bool = False, act_order: bool = False, damp: float = 0.01, refit: bool = True,
-             float_target: bool = False,
-             calibration: str | Sequence[str] = "mix", samples: int = 32, seq_len: int = 512, seed: int = 0,
-             embed_bits: str | int = 8, head_bits: str | int = 8, token_group_size: int | None = None,
-             accuracy_level: int = 4, max_length: int | None = None, int8_layers: str | None = None,
-             tie_embeddings: str | None = None, target_size: str | int | None = None, bpw: float | None = None,
-             target_kl: float | None = None, target_speed: str | float | None = None,
-             recipe: str | Path | None = None, sensitivity_samples: int = 16,
-             ort_format: bool = False,
-             save_checkpoint: str | Path | None = None, force: bool = False, revision: str | None = None,
-             progress: bool = True) -> dict[str, Any]:
+@dataclass
+class QuantizeConfig:
+    """Every option of one quantization: the one object the CLI and the Python API build (as `EvalConfig` is
+    for eval). The defaults are the documented ones; `run` refuses a bad combination before reading weights."""
+
+    source: str
+    out: Path
+    method: str = "gptq"
+    bits: int = 4
+    group_size: int = 32
+    sym: bool = False
+    act_order: bool = False
+    damp: float = 0.01
+    refit: bool = True
+    float_target: bool = False
+    calibration: str | Sequence[str] = "mix"
+    samples: int = 32
+    seq_len: int = 512
+    seed: int = 0
+    embed_bits: str | int = 8
+    head_bits: str | int = 8
+    token_group_size: int | None = None
+    accuracy_level: int = 4
+    max_length: int | None = None
+    int8_layers: str | None = None
+    tie_embeddings: str | None = None
+    target_size: str | int | None = None
+    bpw: float | None = None
+    target_kl: float | None = None
+    target_speed: str | float | None = None
+    recipe: str | Path | None = None
+    sensitivity_samples: int = 16
+    ort_format: bool = False
+    save_checkpoint: str | Path | None = None
+    force: bool = False
+    revision: str | None = None
+    progress: bool = True
+
+    @property
+    def goals(self) -> list:
+        return [g for g in (self.target_size, self.bpw, self.target_kl) if g is not None]
+
+
+def quantize(source: str, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Quantize `source` into the artifact folder `out`; `options` are QuantizeConfig's fields."""
+    return run(QuantizeConfig(str(source), Path(out), **options))
+
+
+def run(c: QuantizeConfig) -> dict[str, Any]:
     from ..export.writer import check_output
     from ..outputs import check_target, overlaps
     from ..sources import local_paths, open_source
@@ -78,85 +116,83 @@ def quantize(source: str, out: str | Path, *, method: str = "gptq", bits: int = 
     from .checkpoint import is_our_checkpoint
     from .plan import allocated_plan, parse_goal, parse_speed, uniform_plan
 
-    out = Path(out)
-    validate(method, bits, group_size, calibration, damp, samples, seq_len)
+    out = Path(c.out)
+    validate(c.method, c.bits, c.group_size, c.calibration, c.damp, c.samples, c.seq_len)
     # int8 is chosen for accuracy (KL <= 0.001): its tables use blocks of 32 (the head's int8 activations are
     # quantized per block); two copies of one matrix are not tied (that alone costs KL ~0.0005, measured)
     # but the embedding is stored as the head plus an int4g64 residual (~74 MiB instead of ~150);
     # int4 plans tie them (130 MiB) and keep the tables at blocks of 128
-    uniform8 = bits == 8 and target_size is None and bpw is None and target_kl is None and recipe is None
-    token_group_size = token_group_size or (32 if uniform8 else 128)
-    tie_given = tie_embeddings
-    tie_embeddings = tie_embeddings or ("residual" if uniform8 else "auto")
+    goals = c.goals
+    uniform8 = c.bits == 8 and not goals and c.recipe is None
+    token_group_size = c.token_group_size or (32 if uniform8 else 128)
+    tie_given = c.tie_embeddings
+    tie_embeddings = c.tie_embeddings or ("residual" if uniform8 else "auto")
     check_block_size(token_group_size)
-    if accuracy_level not in (0, 1, 2, 3, 4):
-        raise InputError(f"--accuracy-level {accuracy_level} is outside 0..4")
-    e_bits, h_bits = parse_token_bits(embed_bits, "embedding"), parse_token_bits(head_bits, "LM head")
-    goals = [g for g in (target_size, bpw, target_kl) if g is not None]
-    if len(goals) > 1 or (goals and recipe is not None):
+    if c.accuracy_level not in (0, 1, 2, 3, 4):
+        raise InputError(f"--accuracy-level {c.accuracy_level} is outside 0..4")
+    e_bits, h_bits = parse_token_bits(c.embed_bits, "embedding"), parse_token_bits(c.head_bits, "LM head")
+    if len(goals) > 1 or (goals and c.recipe is not None):
         raise InputError("give one of --target-size, --bpw, --target-kl and --recipe")
-    if tie_given == "residual" and (goals or recipe is not None):
+    if tie_given == "residual" and (goals or c.recipe is not None):
         raise InputError("--tie-embeddings residual shapes a uniform plan's tables (--bits); a target or a recipe "
                          "sets the tables itself")
-    budget = parse_goal(target_size, bpw, target_kl)
-    speed = parse_speed(target_speed)
-    if target_speed is not None and budget is None:
+    budget = parse_goal(c.target_size, c.bpw, c.target_kl)
+    speed = parse_speed(c.target_speed)
+    if c.target_speed is not None and budget is None:
         raise InputError("--target-speed shapes an allocation: give it with --target-size, --bpw or --target-kl")
-    if goals and not 1 <= sensitivity_samples <= 1024:
+    if goals and not 1 <= c.sensitivity_samples <= 1024:
         raise InputError("--sensitivity-samples must be between 1 and 1024")
-    local = local_paths(source)
-    check_output(out, force, local)
-    if recipe is not None and not Path(recipe).is_file():
-        raise InputError(f"recipe {recipe} not found")
-    if save_checkpoint is not None:
-        if overlaps(Path(save_checkpoint), out):
-            raise OutputError(f"--save-checkpoint {save_checkpoint} and -o {out} overlap: give two separate folders")
-        check_target(Path(save_checkpoint), force=force, is_ours=is_our_checkpoint, sources=local,
+    local = local_paths(c.source)
+    check_output(out, c.force, local)
+    if c.recipe is not None and not Path(c.recipe).is_file():
+        raise InputError(f"recipe {c.recipe} not found")
+    if c.save_checkpoint is not None:
+        if overlaps(Path(c.save_checkpoint), out):
+            raise OutputError(f"--save-checkpoint {c.save_checkpoint} and -o {out} overlap: give two separate "
+                              "folders")
+        check_target(Path(c.save_checkpoint), force=c.force, is_ours=is_our_checkpoint, sources=local,
                      what="checkpoint output")
     t0 = time.perf_counter()
-    src = open_source(source, revision=revision)
+    src = open_source(c.source, revision=c.revision)
     if src.quantization:
-        raise QwenEdgeError(f"{source} is already a {src.quantization.get('quant_method', 'quantized')} "
+        raise QwenEdgeError(f"{c.source} is already a {src.quantization.get('quant_method', 'quantized')} "
                             "checkpoint: export it directly (qwen-edge export) instead of re-quantizing")
     recipe_json: dict[str, Any] | None = None
-    if recipe is not None:
+    if c.recipe is not None:
         from . import recipe as R
-        plan, recipe_json = R.load(recipe, src.spec)
+        plan, recipe_json = R.load(c.recipe, src.spec)
         if plan.tied and not src.spec.tie_word_embeddings:
             tie_embeddings = "on"  # the recipe was made with one table
         elif not plan.tied and tie_given is None:  # two tables in the recipe: keep the source's two copies
             tie_embeddings = "residual" if isinstance(plan.embedding, HeadResidual) else "off"
     # before tie(), which reads both token tables: the estimate needs only the header
-    _check_memory(src.spec, method=method, goal=budget, bits=bits, samples=samples, seq_len=seq_len,
-                  max_length=max_length, recipe=recipe is not None, windows=sensitivity_samples,
-                  keep_packed=save_checkpoint is not None)
+    _check_memory(src.spec, method=c.method, goal=budget, bits=c.bits, samples=c.samples, seq_len=c.seq_len,
+                  max_length=c.max_length, recipe=c.recipe is not None, windows=c.sensitivity_samples,
+                  keep_packed=c.save_checkpoint is not None)
     src, tie_info = tie(src, tie_embeddings)
     spec = src.spec
-    if recipe is not None:
+    if c.recipe is not None:
         if not plan.tied and spec.tie_word_embeddings and "lm_head" not in plan.tables:
-            raise InputError(f"recipe {recipe} does not fit: its tables do not match this model's")
+            raise InputError(f"recipe {c.recipe} does not fit: its tables do not match this model's")
         if isinstance(plan.embedding, HeadResidual) and spec.tie_word_embeddings:
-            raise InputError(f"recipe {recipe} stores the embedding as the LM head plus a residual, but this model "
-                             "has one tied table: give it as \"table\": FORMAT")
-        planned = {"kind": "recipe", "path": str(recipe)}
+            raise InputError(f"recipe {c.recipe} stores the embedding as the LM head plus a residual, but this "
+                             "model has one tied table: give it as \"table\": FORMAT")
+        planned = {"kind": "recipe", "path": str(c.recipe)}
     elif goals:
-        plan, planned = allocated_plan(src, budget, calibration, sensitivity_samples, seq_len, seed, max_length,
-                                       progress, speed=speed)
+        plan, planned = allocated_plan(src, budget, c.calibration, c.sensitivity_samples, c.seq_len, c.seed,
+                                       c.max_length, c.progress, speed=speed)
     else:
-        plan = uniform_plan(spec, bits, group_size, e_bits, h_bits, token_group_size, int8_layers)
+        plan = uniform_plan(spec, c.bits, c.group_size, e_bits, h_bits, token_group_size, c.int8_layers)
         planned = {"kind": "uniform"}
     if tie_info.get("residual") and plan.tables.get("lm_head") is not None and "embedding" in plan.tables \
-            and recipe is None and not goals:
+            and c.recipe is None and not goals:
         plan.tables["embedding"] = HeadResidual(RESIDUAL_FORMAT)
-    if save_checkpoint is not None and len({f.bits for f in plan.linears.values()}) > 1:
+    if c.save_checkpoint is not None and len({f.bits for f in plan.linears.values()}) > 1:
         raise InputError("this plan mixes 4- and 8-bit linears, which a GPTQ checkpoint (one bits value) cannot "
                          "hold; drop --save-checkpoint")
 
-    info = _info(method, plan, spec, sym, accuracy_level, tie_info, planned)
-    manifest = _quantize_into(src, out, plan, info, method=method, sym=sym, act_order=act_order, damp=damp,
-                              refit=refit, float_target=float_target, calibration=calibration, samples=samples, seq_len=seq_len, seed=seed,
-                              accuracy_level=accuracy_level, max_length=max_length, force=force,
-                              progress=progress, save_checkpoint=save_checkpoint, ort_format=ort_format)
+    info = _info(c.method, plan, spec, c.sym, c.accuracy_level, tie_info, planned)
+    manifest = _quantize_into(src, out, plan, info, c)
     manifest["quantize_seconds"] = round(time.perf_counter() - t0, 2)
     if budget and budget[0] == "size":
         size = sum((out / n).stat().st_size for n in manifest["files"]) + (out / "qwen_edge.json").stat().st_size
@@ -209,10 +245,7 @@ def _fmt_json(f) -> dict | None:
     return None if f is None else {"bits": f.bits, "group_size": f.group_size}
 
 
-def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: bool, act_order: bool,
-                   damp: float, refit: bool, float_target: bool, calibration: str | Sequence[str], samples: int,
-                   seq_len: int, seed: int, accuracy_level: int, max_length, force: bool, progress: bool, save_checkpoint,
-                   ort_format: bool = False) -> dict:
+def _quantize_into(src, out: Path, plan: Plan, info: dict, c: QuantizeConfig) -> dict:
     from ..export.nbits import QuantTokens, nbits_linear
     from ..export.writer import write_artifact
     from ..pack import rtn
@@ -220,25 +253,25 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
     from .layer_by_layer import Options, calibrate, rtn_linears
     from .calibration_text import calibration_windows, label
     spec, weights = src.spec, src.weights
-    tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), plan.embedding, plan.lm_head, accuracy_level,
+    tokens = QuantTokens(lambda w, b, g: rtn(w, b, g, sym=False), plan.embedding, plan.lm_head, c.accuracy_level,
                          head_weight=lambda: src.weights.get("lm_head.weight"))
     result = None
     linears: dict = {}
-    if method == "rtn":
-        rtn_lookup = rtn_linears(lambda name: plan.linears[name], sym)
+    if c.method == "rtn":
+        rtn_lookup = rtn_linears(lambda name: plan.linears[name], c.sym)
 
         def lookup(name: str, w: np.ndarray):
             p = rtn_lookup(name, w)
-            if save_checkpoint is not None:  # kept only for the GPTQ-format copy, written after the artifact
+            if c.save_checkpoint is not None:  # kept only for the GPTQ-format copy, written after the artifact
                 linears[name] = p
             return p
     else:
-        if samples * seq_len < max(spec.intermediate_size, spec.hidden_size):
+        if c.samples * c.seq_len < max(spec.intermediate_size, spec.hidden_size):
             import sys
-            print(f"warning: {samples} x {seq_len} = {samples * seq_len} calibration tokens is fewer than "
+            print(f"warning: {c.samples} x {c.seq_len} = {c.samples * c.seq_len} calibration tokens is fewer than "
                   f"down_proj's {spec.intermediate_size} inputs: its Hessian is rank-deficient and damping "
                   "decides; use --samples / --seq-len for at least that many", file=sys.stderr)
-        windows = calibration_windows(calibration, src.write_tokenizer, samples, seq_len, seed)
+        windows = calibration_windows(c.calibration, src.write_tokenizer, c.samples, c.seq_len, c.seed)
         embed_dq, calib_ids = None, windows
         if plan.embedding is not None:  # the rows the windows use, as the graph will see them (quantized)
             f = plan.embedding
@@ -252,11 +285,12 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
                 embed_dq = rtn(np.asarray(table[rows], dtype=np.float32), f.bits, f.group_size).dequantize()
             del table
             calib_ids = inv.reshape(windows.shape)  # indexes into those rows (blocks run along a row)
-        opts = Options(method=method, formats=dict(plan.linears), sym=sym, act_order=act_order, damp=damp,
-                       refit=refit, asymmetric=float_target)
-        checkpoint = _calibration_checkpoint(out, src, plan, info, windows, method=method, sym=sym,
-                                             act_order=act_order, damp=damp, refit=refit, float_target=float_target)
-        result = calibrate(spec, weights, calib_ids, opts, embed_dequant=embed_dq, progress=progress,
+        opts = Options(method=c.method, formats=dict(plan.linears), sym=c.sym, act_order=c.act_order, damp=c.damp,
+                       refit=c.refit, asymmetric=c.float_target)
+        checkpoint = _calibration_checkpoint(out, src, plan, info, windows, method=c.method, sym=c.sym,
+                                             act_order=c.act_order, damp=c.damp, refit=c.refit,
+                                             float_target=c.float_target)
+        result = calibrate(spec, weights, calib_ids, opts, embed_dequant=embed_dq, progress=c.progress,
                            checkpoint=checkpoint)
         del embed_dq
         weights = _Overlay(weights, result.overrides)
@@ -264,27 +298,28 @@ def _quantize_into(src, out: Path, plan: Plan, info: dict, *, method: str, sym: 
 
         def lookup(name: str, w: np.ndarray):
             return linears[name]
-        info.update(calibration=label(calibration), samples=samples, seq_len=seq_len, seed=seed)
-        if method == "gptq":
-            info.update(act_order=act_order, damp=damp, refit=refit, true_sequential=True, float_target=float_target)
+        info.update(calibration=label(c.calibration), samples=c.samples, seq_len=c.seq_len, seed=c.seed)
+        if c.method == "gptq":
+            info.update(act_order=c.act_order, damp=c.damp, refit=c.refit, true_sequential=True,
+                        float_target=c.float_target)
         info["calibration_seconds"] = round(result.seconds, 1)
     src.weights = weights
-    recipe_json = plan.to_json(spec, method, {"how": info["plan"]["how"].get("kind")})
+    recipe_json = plan.to_json(spec, c.method, {"how": info["plan"]["how"].get("kind")})
 
     def extra(tmp: Path) -> None:
         R.save(recipe_json, tmp / "recipe.json")
-    manifest = write_artifact(src, out, max_length=max_length, force=force,
-                              linear=nbits_linear(lookup, accuracy_level), tokens=tokens, quantization=info,
-                              progress=progress, extra_files=extra, ort_format=ort_format)
+    manifest = write_artifact(src, out, max_length=c.max_length, force=c.force,
+                              linear=nbits_linear(lookup, c.accuracy_level), tokens=tokens, quantization=info,
+                              progress=c.progress, extra_files=extra, ort_format=c.ort_format)
     manifest["tied_embedding_shared"] = tokens.shared
     if result is not None:
         manifest["per_layer_error"] = result.per_layer_error
         if result.refit_gain:
             manifest["refit_error_ratio_mean"] = float(np.mean(result.refit_gain))
-    if save_checkpoint is not None:
+    if c.save_checkpoint is not None:
         from .checkpoint import save_gptq_checkpoint
-        save_gptq_checkpoint(src, linears, Path(save_checkpoint), {**info, "bits": plan.linears[next(iter(
-            plan.linears))].bits, "group_size": _one_group(plan)}, force=force, sources=src.paths)
+        save_gptq_checkpoint(src, linears, Path(c.save_checkpoint), {**info, "bits": plan.linears[next(iter(
+            plan.linears))].bits, "group_size": _one_group(plan)}, force=c.force, sources=src.paths)
     if result is not None:
         checkpoint.remove()  # everything is written: the saved layers are no longer needed
     return manifest
