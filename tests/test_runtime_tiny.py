@@ -303,3 +303,21 @@ def test_one_chat_from_two_threads_records_only_replies_that_were_received(model
     assert len(received) + len(refused) == 40
     users = [m for m in chat.messages if m["role"] == "user"]
     assert len(users) == len(replies)
+
+
+def test_one_options_object_for_stream_generate_complete_and_chat(model):
+    """Issue 32: what a generation may be asked is one GenerateOptions (runtimes/options.py); keywords change
+    its fields, an unknown name is one error naming the known ones, and a Chat takes the same minus tools."""
+    from qwen_edge.runtimes.options import CHAT_NAMES, NAMES, GenerateOptions
+    o = GenerateOptions(max_new_tokens=6, temperature=0.0)
+    text = model.generate("Hello", max_new_tokens=6, temperature=0.0)
+    assert model.generate("Hello", o) == text == model.complete("Hello", o).text
+    assert model.generate("Hello", GenerateOptions(max_new_tokens=50), max_new_tokens=6, temperature=0.0) == text
+    assert "".join(model.stream("Hello", o)) == text
+    with pytest.raises(QwenEdgeError, match="unknown generation option 'max_tokens': use max_new_tokens, "):
+        model.generate("Hello", max_tokens=3)
+    assert set(NAMES) - set(CHAT_NAMES) == {"tools", "tool_choice", "parallel_tool_calls"}
+    with pytest.raises(QwenEdgeError, match="unknown chat option 'tools'"):
+        model.chat(tools=[])
+    assert model.chat(max_new_tokens=6, temperature=0.0).say("Hello") == \
+        model.generate([{"role": "user", "content": "Hello"}], o)

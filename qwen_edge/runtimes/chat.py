@@ -18,20 +18,16 @@ import numpy as np
 from ..errors import QwenEdgeError
 from .context import too_long
 from .generate import Result, TextStream, check_max_new_tokens
+from .options import CHAT_NAMES, GenerateOptions
 
-_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
-             "presence_penalty", "seed")
-_CONSTRAINTS = ("json_schema", "json_object", "regex", "grammar")
-_OPTIONS = ("max_new_tokens", "stop", "truncate", "ignore_eos", "logprobs") + _SAMPLING + _CONSTRAINTS
 
 
 class Chat:
     """chat = model.chat(system="You are terse."); for piece in chat.send("Hi"): ...; chat.say("More?")"""
 
     def __init__(self, model: Any, system: str | None = None, **defaults: Any):
-        _check_options(defaults)
         self.model = model
-        self.defaults = defaults
+        self.defaults = GenerateOptions.of(None, "chat", CHAT_NAMES, **defaults)  # Model.stream's, without tools
         self.messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system is not None else []
         self.runner = model.new_runner()  # this chat's own cache, for its lifetime
         self.last: Result | None = None  # the last turn's result
@@ -73,17 +69,16 @@ class Chat:
     def _send(self, content: str, options: dict[str, Any]) -> TextStream:
         if not isinstance(content, str):
             raise QwenEdgeError(f"a chat message is a string, got {type(content).__name__}")
-        _check_options(options)
+        o = GenerateOptions.of(self.defaults, "chat", CHAT_NAMES, **options)
         t0 = time.perf_counter()
-        opts = {**self.defaults, **options}
-        max_new = check_max_new_tokens(opts.get("max_new_tokens", 512))
-        params = self.model.sampling(**{k: opts.get(k) for k in _SAMPLING})
+        max_new = check_max_new_tokens(o.max_new_tokens)
+        params = self.model.sampling(**o.sampling())
         # a reply constrained to a schema or grammar, or with log-probabilities (both compose with speculation)
-        constraint = self.model.constraint(**{k: opts[k] for k in _CONSTRAINTS if opts.get(k) is not None})
+        constraint = self.model.constraint(**o.constraint())
         from .logprobs import check_top
-        top = check_top(opts.get("logprobs"))
+        top = check_top(o.logprobs)
         messages, keep, new = self._fit(self.messages + [{"role": "user", "content": content}], max_new,
-                                        bool(opts.get("truncate")))
+                                        bool(o.truncate))
         self.runner.truncate(keep)
         self.runner.append(new)
 
@@ -93,8 +88,8 @@ class Chat:
             self.messages = messages + [{"role": "assistant", "content": stream.result.text}]
 
         return self.model.generation(self.runner, params=params, constraint=constraint, top_logprobs=top,
-                                     max_new_tokens=max_new, stop=opts.get("stop"),
-                                     ignore_eos=bool(opts.get("ignore_eos")), t0=t0, on_done=done)
+                                     max_new_tokens=max_new, stop=o.stop, ignore_eos=bool(o.ignore_eos), t0=t0,
+                                     on_done=done)
 
     # ------------------------------------------------------------------ internals
     def _new_ids(self, text: str) -> tuple[int, list[int]]:
@@ -127,9 +122,3 @@ class Chat:
             del messages[first]  # the oldest turn: a user message and what answered it
             while len(messages) - first > 1 and messages[first]["role"] != "user":
                 del messages[first]
-
-
-def _check_options(options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise QwenEdgeError(f"unknown chat option {unknown[0]!r}: use {', '.join(_OPTIONS)}")

@@ -24,13 +24,13 @@ from .. import artifact as A
 from ..errors import ArtifactError, InputError, QwenEdgeError
 from .generate import Result, TextStream, check_max_new_tokens
 from .kv import Runner
+from .options import GenerateOptions
 from .sampler import Sampler, SamplingParams
 from .session import SessionConfig, open_session
 from .template import ChatTemplate, check_text, load_template
 
 Prompt = Union[str, Sequence[Mapping[str, Any]], Sequence[int], np.ndarray]
 
-DEFAULT_MAX_NEW_TOKENS = 512
 
 
 class Model:
@@ -178,17 +178,12 @@ class Model:
         self._open()
         return SamplingParams.from_defaults(self.generation_config, **overrides)
 
-    def stream(self, prompt: Prompt, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-               temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-               min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-               frequency_penalty: float | None = None, presence_penalty: float | None = None,
-               stop: Sequence[str] | None = None, truncate: bool = False, ignore_eos: bool = False,
-               json_schema: Mapping[str, Any] | str | None = None, json_object: bool = False,
-               regex: str | None = None, grammar: str | None = None, logprobs: int | None = None,
-               tools: list[dict] | None = None, tool_choice: Any = None,
-               parallel_tool_calls: bool = True) -> TextStream:
+    def stream(self, prompt: Prompt, options: GenerateOptions | None = None, **changes: Any) -> TextStream:
         """Generate, yielding text pieces as they are complete; `.result` has text, tokens and timings.
 
+        `options` (a GenerateOptions: runtimes/options.py) and keyword changes to it: max_new_tokens,
+        temperature, top_k, top_p, min_p, repetition_penalty, seed, frequency_penalty, presence_penalty
+        (None: the model's default), stop, and:
         truncate: drop the oldest prompt tokens when the prompt does not fit (else a QwenEdgeError).
         ignore_eos: run max_new_tokens steps even past end tokens (benchmarks).
         json_schema (a schema: the output is JSON that matches it), json_object (any JSON object), regex,
@@ -197,29 +192,29 @@ class Model:
         verified under the constraint (speculative.py).
         logprobs: N in 0..20: `.result.logprobs` gets each token's log-probability and the N most likely
         alternatives (logprobs.py says from which distribution), also while speculating.
-        tools, tool_choice: OpenAI's; rendered by the model's template (tools.py). "required" or a named function
-        constrains the reply to valid <tool_call> blocks; `complete` parses them into `result.tool_calls`.
+        tools, tool_choice, parallel_tool_calls: OpenAI's; rendered by the model's template (tools.py).
+        "required" or a named function constrains the reply to valid <tool_call> blocks; `complete` parses
+        them into `result.tool_calls`. An unknown option name is a QwenEdgeError naming the known ones.
         """
         self._open()
+        o = GenerateOptions.of(options, **changes)
         from .logprobs import check_top
-        top = check_top(logprobs)
+        top = check_top(o.logprobs)
         from .tools import policy
-        constrained = grammar is not None or json_schema is not None or regex is not None or bool(json_object)
-        tools, call_grammar = policy(tools, tool_choice, parallel_tool_calls, constrained)
-        grammar = call_grammar or grammar
+        tools, call_grammar = policy(o.tools, o.tool_choice, o.parallel_tool_calls, o.constrained)
         t0 = time.perf_counter()
-        max_new_tokens = check_max_new_tokens(max_new_tokens)
-        params = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                               repetition_penalty=repetition_penalty, seed=seed,
-                               frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
-        constraint = self.constraint(json_schema=json_schema, json_object=json_object, regex=regex,
-                                     grammar=grammar)
-        ids = self.fit(self.prompt_ids(prompt, tools), max_new_tokens, truncate)
+        max_new_tokens = check_max_new_tokens(o.max_new_tokens)
+        params = self.sampling(**o.sampling())
+        asked = o.constraint()
+        if call_grammar:
+            asked["grammar"] = call_grammar
+        constraint = self.constraint(**asked)
+        ids = self.fit(self.prompt_ids(prompt, tools), max_new_tokens, o.truncate)
         runner = self._acquire()
         try:
             runner.append(ids)
             return self.generation(runner, params=params, constraint=constraint, top_logprobs=top,
-                                   max_new_tokens=max_new_tokens, stop=stop, ignore_eos=ignore_eos, t0=t0,
+                                   max_new_tokens=max_new_tokens, stop=o.stop, ignore_eos=o.ignore_eos, t0=t0,
                                    on_done=lambda s: self._release(s.runner))
         except BaseException:
             self._release(runner)
@@ -272,18 +267,19 @@ class Model:
         finally:
             self._release(runner)
 
-    def generate(self, prompt: Prompt, **kwargs: Any) -> str:
+    def generate(self, prompt: Prompt, options: GenerateOptions | None = None, **changes: Any) -> str:
         """The whole generated text (options as for `stream`)."""
-        return self.complete(prompt, **kwargs).text
+        return self.complete(prompt, options, **changes).text
 
-    def complete(self, prompt: Prompt, **kwargs: Any) -> Result:
+    def complete(self, prompt: Prompt, options: GenerateOptions | None = None, **changes: Any) -> Result:
         """Text, token ids, finish reason and timings (options as for `stream`); with tools, the calls the
         model made in `tool_calls` (OpenAI's format) and the rest of the text in `content`."""
-        s = self.stream(prompt, **kwargs)
+        o = GenerateOptions.of(options, **changes)
+        s = self.stream(prompt, o)
         s.read()
-        if kwargs.get("tools") is not None and kwargs.get("tool_choice") != "none":
+        if o.tools is not None and o.tool_choice != "none":
             from .tools import parse_calls
-            names = [t["function"]["name"] for t in kwargs["tools"] if isinstance(t, dict) and "function" in t]
+            names = [t["function"]["name"] for t in o.tools if isinstance(t, dict) and "function" in t]
             s.result.content, s.result.tool_calls = parse_calls(s.result.text, names)
         return s.result
 
