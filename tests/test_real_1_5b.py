@@ -11,9 +11,10 @@ import pytest
 
 pytestmark = pytest.mark.real
 
-# Measured on this machine (docs/benchmarks.md, "The 1.5B"); the gates leave a margin over the figures.
+# Measured on this machine (2,044 scored tokens each; docs/benchmarks.md, "The 1.5B"): prose KL 0.0291,
+# top-1 91.5 %, +3.1 % perplexity; code KL 0.0412, top-1 91.2 %, +7.6 %. The gates leave a margin.
 GATES = {"enwiki": ["kl_mean<=0.06", "top1>=88%", "ppl_increase<=6%"],
-         "python": ["kl_mean<=0.08", "top1>=88%", "ppl_increase<=8%"]}
+         "python": ["kl_mean<=0.08", "top1>=88%", "ppl_increase<=12%"]}
 
 
 def cli(*args, timeout=2400):
