@@ -88,12 +88,44 @@ def _last_line(err: bytes) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _kill_group(p: subprocess.Popen) -> None:
-    """SIGKILL the program's whole process group (it and everything it started) and reap it."""
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies waiting for a parent to reap them do not)."""
     try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        entries = os.listdir("/proc")
+    except OSError:  # no procfs: any member, zombies included
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for name in entries:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+                return True
+    return False
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL the program's whole process group (it and everything it started) and reap it; returns once
+    none of the group runs (a SIGKILL takes effect asynchronously, and a process forking as it arrives can
+    leave a child that needs one more), at most 5 seconds."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            break
+        try:
+            p.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            pass
+        if not _group_running(p.pid) or time.monotonic() > deadline:
+            break
     try:
         p.wait(timeout=5)
     except subprocess.TimeoutExpired:
