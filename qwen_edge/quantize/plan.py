@@ -133,8 +133,9 @@ def cached_sensitivity(src, windows: np.ndarray, cand: dict, seed: int, compute)
     pred = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, lambda tmp: tmp.write_text(json.dumps({"key": key, "predicted_kl": pred})))
-    except OSError:
+        text = json.dumps({"key": key, "predicted_kl": pred}, allow_nan=False)  # strict JSON, or not kept
+        _write_atomic(path, lambda tmp: tmp.write_text(text))
+    except (OSError, ValueError):
         pass  # only saves time next run
     return pred, None
 
